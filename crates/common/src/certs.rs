@@ -1,0 +1,149 @@
+//! Certificate generation with `rcgen`: a cluster CA, and node or client certificates it signs.
+//!
+//! Every leaf gets both ServerAuth and ClientAuth, because a node is a server to its clients and
+//! a client to its peers. Subject alternative names are the DNS names (or IPs) that others use to
+//! dial the holder; `localhost` and `127.0.0.1` are the usual ones for local clusters, and in
+//! Kubernetes every pod's stable FQDN.
+
+use std::path::Path;
+
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose,
+};
+
+use crate::CommonError;
+
+fn cert_err(e: rcgen::Error) -> CommonError {
+    CommonError::Certificate(e.to_string())
+}
+
+/// A certificate and its private key, both PEM.
+#[derive(Clone)]
+pub struct Pem {
+    pub cert: String,
+    pub key: String,
+}
+
+/// A certificate authority able to sign leaves.
+pub struct Ca {
+    pem: Pem,
+    issuer: Issuer<'static, KeyPair>,
+}
+
+impl Ca {
+    /// Generates a new self-signed CA.
+    pub fn generate(common_name: &str) -> Result<Self, CommonError> {
+        let key = KeyPair::generate().map_err(cert_err)?;
+        let mut params = CertificateParams::new(Vec::<String>::new()).map_err(cert_err)?;
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::CommonName, common_name);
+        params.distinguished_name = dn;
+        let cert = params.self_signed(&key).map_err(cert_err)?;
+        let pem = Pem {
+            cert: cert.pem(),
+            key: key.serialize_pem(),
+        };
+        Ok(Ca {
+            pem,
+            issuer: Issuer::new(params, key),
+        })
+    }
+
+    /// Loads an existing CA from its PEM certificate and key.
+    pub fn from_pem(cert: &str, key: &str) -> Result<Self, CommonError> {
+        let key_pair = KeyPair::from_pem(key).map_err(cert_err)?;
+        let issuer = Issuer::from_ca_cert_pem(cert, key_pair).map_err(cert_err)?;
+        Ok(Ca {
+            pem: Pem {
+                cert: cert.to_string(),
+                key: key.to_string(),
+            },
+            issuer,
+        })
+    }
+
+    pub fn pem(&self) -> &Pem {
+        &self.pem
+    }
+
+    /// Issues a leaf certificate for `common_name`, valid for the given DNS names / IPs.
+    pub fn issue(&self, common_name: &str, sans: &[String]) -> Result<Pem, CommonError> {
+        if sans.is_empty() {
+            return Err(CommonError::InvalidArgument(format!(
+                "certificate {common_name:?} needs at least one DNS name or IP"
+            )));
+        }
+        let key = KeyPair::generate().map_err(cert_err)?;
+        let mut params = CertificateParams::new(sans.to_vec()).map_err(cert_err)?;
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::CommonName, common_name);
+        params.distinguished_name = dn;
+        params.key_usages = vec![
+            KeyUsagePurpose::DigitalSignature,
+            KeyUsagePurpose::KeyEncipherment,
+        ];
+        params.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        let cert = params.signed_by(&key, &self.issuer).map_err(cert_err)?;
+        Ok(Pem {
+            cert: cert.pem(),
+            key: key.serialize_pem(),
+        })
+    }
+}
+
+/// Writes `DIR/NAME.pem` and `DIR/NAME-key.pem` (the key readable by the owner only).
+pub fn write_pem(dir: &Path, name: &str, pem: &Pem) -> Result<(), CommonError> {
+    std::fs::create_dir_all(dir).map_err(|e| CommonError::io(dir, e))?;
+    let cert_path = dir.join(format!("{name}.pem"));
+    std::fs::write(&cert_path, &pem.cert).map_err(|e| CommonError::io(&cert_path, e))?;
+    let key_path = dir.join(format!("{name}-key.pem"));
+    write_private(&key_path, pem.key.as_bytes())
+}
+
+fn write_private(path: &Path, bytes: &[u8]) -> Result<(), CommonError> {
+    use std::io::Write;
+    #[cfg(unix)]
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    opts.mode(0o600);
+    let mut f = opts.open(path).map_err(|e| CommonError::io(path, e))?;
+    f.write_all(bytes).map_err(|e| CommonError::io(path, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn issues_leaves_from_new_and_reloaded_ca() {
+        let ca = Ca::generate("test-ca").unwrap();
+        let leaf = ca
+            .issue("node-1", &["localhost".into(), "127.0.0.1".into()])
+            .unwrap();
+        assert!(leaf.cert.starts_with("-----BEGIN CERTIFICATE-----"));
+        let again = Ca::from_pem(&ca.pem().cert, &ca.pem().key).unwrap();
+        again.issue("node-2", &["localhost".into()]).unwrap();
+        assert!(ca.issue("x", &[]).is_err());
+        let dir = tempfile::tempdir().unwrap();
+        write_pem(dir.path(), "node-1", &leaf).unwrap();
+        crate::TlsFiles {
+            ca: dir.path().join("node-1.pem"),
+            cert: dir.path().join("node-1.pem"),
+            key: dir.path().join("node-1-key.pem"),
+        }
+        .load()
+        .unwrap();
+    }
+}

@@ -1,0 +1,47 @@
+//! Shared building blocks of QuorumKV that carry no Raft or storage logic.
+//!
+//! - [`addr`]: peer addresses. Every node is addressed by `host:port` where `host` is a DNS name
+//!   (or an IP literal in tests). Addresses are kept as strings and resolved again on every
+//!   (re)connect, never remembered as IPs, so a peer whose IP changed (a rescheduled pod) is found
+//!   again.
+//! - [`tls`]: loading the PEM files of a node or client into tonic's mutual-TLS configuration.
+//!   Servers always require a client certificate signed by the cluster CA.
+//! - [`certs`]: generating a CA and node/client certificates with `rcgen` (no openssl), used by
+//!   the `quorumkv-certs` command, the tests and the demo.
+//!
+//! Deliberately absent: anything that reads argv or the environment, installs a tracing
+//! subscriber or talks to the network. Those belong to the binaries.
+
+pub mod addr;
+pub mod certs;
+pub mod tls;
+
+pub use addr::{parse_members, HostPort, Member};
+pub use tls::{TlsFiles, TlsMaterial};
+
+/// Errors of this crate. Each names what the caller should fix.
+#[derive(Debug, thiserror::Error)]
+pub enum CommonError {
+    /// The input (a flag, a file's contents) is malformed; the message says how.
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+    /// A file could not be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// Certificate generation or parsing failed.
+    #[error("certificate error: {0}")]
+    Certificate(String),
+}
+
+impl CommonError {
+    pub(crate) fn io(path: &std::path::Path, source: std::io::Error) -> Self {
+        CommonError::Io {
+            path: path.display().to_string(),
+            source,
+        }
+    }
+}

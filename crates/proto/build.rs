@@ -1,0 +1,17 @@
+//! Compiles the `.proto` files in the workspace's `proto/` directory with the vendored protoc, so
+//! that building needs nothing beyond cargo.
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let protoc = protoc_bin_vendored::protoc_bin_path()?;
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../proto");
+    let files = ["raft.proto"].map(|f| root.join(f));
+    for f in &files {
+        println!("cargo:rerun-if-changed={}", f.display());
+    }
+    let mut config = prost_build::Config::new();
+    config.protoc_executable(protoc);
+    tonic_prost_build::configure()
+        .bytes(".")
+        .compile_with_config(config, &files, &[root])?;
+    Ok(())
+}

@@ -1,0 +1,10 @@
+//! Generated gRPC types and services of QuorumKV. The sources are the `.proto` files in the
+//! workspace's `proto/` directory; every message and field is documented there.
+//!
+//! This crate holds no logic: it is the bottom of the dependency graph, and every other crate
+//! may depend on it.
+
+/// Transport between members of one Raft group (`proto/raft.proto`).
+pub mod raft {
+    tonic::include_proto!("quorumkv.raft");
+}

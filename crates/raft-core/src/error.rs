@@ -1,0 +1,45 @@
+//! The one error type of the raft core. Variants are named by what the caller should do.
+
+use std::time::Duration;
+
+/// Errors returned by [`crate::RaftNode`] calls.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RaftError {
+    /// This member is not the leader. Retry on the hinted leader if one is known.
+    #[error("not leader{}", match (.leader_id, .leader_addr) {
+        (Some(id), Some(addr)) => format!(" (leader is {id} at {addr})"),
+        (Some(id), None) => format!(" (leader is {id})"),
+        _ => " (leader unknown)".to_string(),
+    })]
+    NotLeader {
+        leader_id: Option<u64>,
+        leader_addr: Option<String>,
+    },
+    /// The call did not complete in time. For a proposal the outcome is unknown: it may still
+    /// be applied, so a caller that retries must make the command idempotent (client id +
+    /// sequence number).
+    #[error("timed out after {0:?}")]
+    Timeout(Duration),
+    /// The group is busy with something that excludes this call (a membership change in
+    /// progress, a leadership transfer); retry shortly.
+    #[error("retry later: {0}")]
+    RetryLater(String),
+    /// The request is malformed or impossible (unknown member, command too large, ...).
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+    /// The node is shutting down or has stopped; go to another member.
+    #[error("node is shutting down")]
+    ShuttingDown,
+    /// Durable storage failed. The node stops rather than risk acknowledging what it could not
+    /// persist.
+    #[error("storage error: {0}")]
+    Storage(String),
+}
+
+impl RaftError {
+    pub(crate) fn storage(e: impl std::fmt::Display) -> Self {
+        RaftError::Storage(e.to_string())
+    }
+}
+
+pub type Result<T, E = RaftError> = std::result::Result<T, E>;

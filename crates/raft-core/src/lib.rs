@@ -1,0 +1,68 @@
+//! # QuorumKV raft core
+//!
+//! A library that runs one member of a Raft group inside a process and replicates any
+//! deterministic [`StateMachine`] with it. The shard controller and the shardkv replica groups
+//! are both state machines on top of this crate; nothing here knows about shards or keys.
+//!
+//! ## How the pieces fit
+//!
+//! ```text
+//!  RaftNode (async handle) ──requests──▶ Mailbox ──▶ driver thread ──owns──▶ RawNode<SledStorage>
+//!        ▲                                 ▲             │    │                     │
+//!        │ replies (oneshot), Status (watch)│             │    └─ apply ─▶ StateMachine
+//!        │                                 │             ▼
+//!  RaftService (gRPC server) ─peer msgs────┘        Transport ──gRPC/mTLS──▶ peers
+//! ```
+//!
+//! - [`RaftNode`] is the API: [`RaftNode::propose`] resolves with the state machine's response
+//!   once the command is applied here; [`RaftNode::read`] is a linearizable read through
+//!   ReadIndex (no log write); membership changes go through ConfChangeV2 (learner, promote,
+//!   remove, replace with joint consensus); [`RaftNode::transfer_leader`]; [`Status`].
+//! - The driver (`driver` module) is the only code that touches raft-rs's `RawNode`, following
+//!   the Ready steps in order; see its docs for the steps and for how replies are matched to
+//!   proposals by id, never by FIFO position.
+//! - [`storage::SledStorage`] keeps the log, hard state and snapshot metadata in sled and the
+//!   snapshot data in files, and syncs for real (sled's flush alone is not an fsync; see the
+//!   module docs).
+//! - [`transport`]: the [`Transport`] trait, the mutual-TLS gRPC implementation and the server
+//!   side. Tests wrap a transport to inject partitions, drops and delays.
+//!
+//! ## Invariants
+//! - Persist before acknowledging: entries and hard state are durable (flush + fdatasync)
+//!   before any vote or append response of the same Ready leaves, and before anything is
+//!   applied.
+//! - Apply in order, exactly once per process lifetime: the state machine sees committed
+//!   entries in index order. After a restart it is restored from the latest snapshot and the
+//!   committed entries after it are applied again to that restored state, which rebuilds the
+//!   exact pre-crash state: the snapshot data and the index it reflects are written in one
+//!   atomic step, so nothing is lost and nothing is applied twice to the same state.
+//! - A read is linearizable unless the caller explicitly asks for [`RaftNode::read_local`].
+//! - A snapshot's metadata carries the ConfState at its index; installing one is one atomic
+//!   write (data file first, then one sled batch switching metadata, log and hard state).
+//!
+//! ## Deliberately left out
+//! - State machines that persist their own state (the state lives in memory and is made durable
+//!   by the log plus snapshots). Snapshots are produced synchronously on the driver thread.
+//! - Several groups per process sharing one storage; each member has its own data directory.
+
+mod config;
+mod driver;
+mod error;
+mod logger;
+mod mailbox;
+mod node;
+mod state_machine;
+mod status;
+pub mod storage;
+pub mod transport;
+
+pub use config::{Bootstrap, NodeConfig};
+pub use error::{RaftError, Result};
+pub use mailbox::{mailbox, Delivery, Inbox, Mailbox};
+pub use node::RaftNode;
+pub use raft::eraftpb::ConfState;
+pub use state_machine::StateMachine;
+pub use status::{PeerProgress, Role, Status};
+pub use transport::grpc::{Dialer, GrpcTransport};
+pub use transport::service::RaftService;
+pub use transport::Transport;

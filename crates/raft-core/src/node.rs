@@ -1,0 +1,325 @@
+//! The public handle of one Raft member: propose, read, change membership, transfer leadership,
+//! observe status, shut down.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use parking_lot::{Mutex, RwLock};
+use raft::eraftpb::{
+    ConfChangeSingle, ConfChangeTransition, ConfChangeType, ConfChangeV2, ConfState,
+};
+use tokio::sync::{oneshot, watch};
+
+use crate::config::NodeConfig;
+use crate::driver::Driver;
+use crate::error::{RaftError, Result};
+use crate::mailbox::{Inbox, Mailbox, Msg};
+use crate::state_machine::StateMachine;
+use crate::status::Status;
+use crate::transport::Transport;
+
+/// One running member of a Raft group, hosting the state machine `S`.
+///
+/// Cheap to share behind an `Arc`; every method may be called concurrently. Dropping the last
+/// handle stops the driver.
+pub struct RaftNode<S: StateMachine> {
+    id: u64,
+    request_timeout: Duration,
+    mailbox: Mailbox,
+    sm: Arc<RwLock<S>>,
+    status: watch::Receiver<Status>,
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+fn change(kind: ConfChangeType, id: u64) -> ConfChangeSingle {
+    let mut c = ConfChangeSingle::default();
+    c.set_change_type(kind);
+    c.node_id = id;
+    c
+}
+
+impl<S: StateMachine> RaftNode<S> {
+    /// Opens the member's storage in `cfg.data_dir`, restores the state machine from it and
+    /// starts the driver thread. `mailbox`/`inbox` come from [`crate::mailbox()`]; the same
+    /// mailbox must be given to the transport (for failure reports) and to the
+    /// [`crate::transport::service::RaftService`] (for incoming messages).
+    pub fn start(
+        cfg: NodeConfig,
+        state_machine: S,
+        transport: Arc<dyn Transport>,
+        mailbox: Mailbox,
+        inbox: Inbox,
+    ) -> Result<Self> {
+        let id = cfg.id;
+        let request_timeout = cfg.request_timeout;
+        let span = tracing::info_span!("raft", group = cfg.group_id, node = cfg.id);
+        let sm = Arc::new(RwLock::new(state_machine));
+        let (status_tx, status) = watch::channel(Status::default());
+        let driver = {
+            let _enter = span.enter();
+            Driver::new(cfg, sm.clone(), transport, inbox.rx, status_tx)?
+        };
+        // The status is meaningful (persisted indices, members) from the moment start returns.
+        driver.publish_status(None);
+        let thread = std::thread::Builder::new()
+            .name(format!("raft-{id}"))
+            .spawn(move || span.in_scope(|| driver.run()))
+            .map_err(|e| RaftError::Storage(format!("cannot start driver thread: {e}")))?;
+        Ok(RaftNode {
+            id,
+            request_timeout,
+            mailbox,
+            sm,
+            status,
+            thread: Mutex::new(Some(thread)),
+        })
+    }
+
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// The mailbox of this member (for a `RaftService` created after the node).
+    pub fn mailbox(&self) -> &Mailbox {
+        &self.mailbox
+    }
+
+    /// The latest published status.
+    pub fn status(&self) -> Status {
+        self.status.borrow().clone()
+    }
+
+    /// A receiver that is notified whenever the status changes.
+    pub fn watch_status(&self) -> watch::Receiver<Status> {
+        self.status.clone()
+    }
+
+    /// Waits until `pred` holds for the status, or fails with `Timeout`.
+    pub async fn wait_for(
+        &self,
+        timeout: Duration,
+        mut pred: impl FnMut(&Status) -> bool,
+    ) -> Result<Status> {
+        let mut rx = self.status.clone();
+        let found = tokio::time::timeout(timeout, async {
+            rx.wait_for(|s| pred(s) || s.stopped)
+                .await
+                .map(|s| s.clone())
+        })
+        .await;
+        match found {
+            Ok(Ok(s)) if !s.stopped || pred(&s) => Ok(s),
+            Ok(_) => Err(RaftError::ShuttingDown),
+            Err(_) => Err(RaftError::Timeout(timeout)),
+        }
+    }
+
+    async fn call<T>(
+        &self,
+        timeout: Duration,
+        make: impl FnOnce(Instant, oneshot::Sender<Result<T>>) -> Msg,
+    ) -> Result<T> {
+        let (tx, rx) = oneshot::channel();
+        self.mailbox.request(make(Instant::now() + timeout, tx))?;
+        // The driver answers every request by its deadline (checked on each tick); the outer
+        // timeout only guards against a driver that died.
+        match tokio::time::timeout(timeout + Duration::from_secs(1), rx).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(_)) => Err(RaftError::ShuttingDown),
+            Err(_) => Err(RaftError::Timeout(timeout)),
+        }
+    }
+
+    /// Proposes `command` and returns the state machine's response once the entry is committed
+    /// and applied on this member. Fails with `NotLeader` on a follower.
+    pub async fn propose(&self, command: Vec<u8>) -> Result<Vec<u8>> {
+        self.propose_with_timeout(command, self.request_timeout)
+            .await
+    }
+
+    pub async fn propose_with_timeout(
+        &self,
+        command: Vec<u8>,
+        timeout: Duration,
+    ) -> Result<Vec<u8>> {
+        self.call(timeout, |deadline, reply| Msg::Propose {
+            command,
+            deadline,
+            reply,
+        })
+        .await
+    }
+
+    /// Linearizable read barrier (ReadIndex): returns once this member has applied everything
+    /// committed before the call, as confirmed by a quorum, without writing to the log. Works on
+    /// followers too (raft-rs forwards the request to the leader).
+    pub async fn read_index(&self) -> Result<u64> {
+        let timeout = self.request_timeout;
+        self.call(timeout, |deadline, reply| Msg::ReadIndex {
+            deadline,
+            reply,
+        })
+        .await
+    }
+
+    /// A linearizable read of the state machine: ReadIndex, then `f` on the state.
+    pub async fn read<R>(&self, f: impl FnOnce(&S) -> R) -> Result<R> {
+        self.read_index().await?;
+        Ok(f(&self.sm.read()))
+    }
+
+    /// Reads the local state without any consistency guarantee (it may be stale). Only for
+    /// callers that asked for it explicitly, diagnostics and tests.
+    pub fn read_local<R>(&self, f: impl FnOnce(&S) -> R) -> R {
+        f(&self.sm.read())
+    }
+
+    /// Moves leadership to voter `to`; returns once `to` is the leader.
+    pub async fn transfer_leader(&self, to: u64) -> Result<()> {
+        let timeout = self.request_timeout;
+        self.call(timeout, |deadline, reply| Msg::TransferLeader {
+            to,
+            deadline,
+            reply,
+        })
+        .await
+    }
+
+    /// Proposes a membership change (one ConfChangeV2: several changes at once go through
+    /// joint consensus, which raft-rs leaves automatically). `addresses` are the new members'
+    /// addresses, recorded by every member when the change applies.
+    pub async fn change_membership(
+        &self,
+        changes: Vec<ConfChangeSingle>,
+        addresses: Vec<(u64, String)>,
+    ) -> Result<ConfState> {
+        let mut cc = ConfChangeV2::default();
+        cc.set_transition(ConfChangeTransition::Auto);
+        cc.set_changes(changes.into());
+        let timeout = self.request_timeout;
+        let cs = self
+            .call(timeout, |deadline, reply| Msg::ConfChange {
+                change: cc,
+                addresses,
+                deadline,
+                reply,
+            })
+            .await?;
+        if !cs.voters_outgoing.is_empty() {
+            // Joint consensus: wait until the leader's automatic leave-joint entry applied.
+            self.wait_for(timeout, |s| s.voters_outgoing.is_empty())
+                .await?;
+        }
+        Ok(cs)
+    }
+
+    /// Adds a new member as a learner: it receives the log (or a snapshot) but does not vote.
+    pub async fn add_learner(&self, id: u64, addr: String) -> Result<ConfState> {
+        let s = self.status();
+        if s.voters.contains(&id) || s.learners.contains(&id) {
+            return Err(RaftError::InvalidArgument(format!(
+                "member {id} is already in the group"
+            )));
+        }
+        quorumkv_common::HostPort::parse(&addr)
+            .map_err(|e| RaftError::InvalidArgument(e.to_string()))?;
+        self.change_membership(
+            vec![change(ConfChangeType::AddLearnerNode, id)],
+            vec![(id, addr)],
+        )
+        .await
+    }
+
+    /// Waits (on the leader) until learner `id` has caught up with the commit index.
+    pub async fn wait_caught_up(&self, id: u64, timeout: Duration) -> Result<()> {
+        let s = self.status();
+        if !s.is_leader() {
+            return Err(RaftError::NotLeader {
+                leader_id: s.leader_id,
+                leader_addr: s.leader_addr().map(str::to_string),
+            });
+        }
+        let target = s.commit_index;
+        self.wait_for(timeout, |s| {
+            !s.is_leader() || s.progress.get(&id).is_some_and(|p| p.matched >= target)
+        })
+        .await
+        .and_then(|s| {
+            if s.is_leader() {
+                Ok(())
+            } else {
+                Err(RaftError::NotLeader {
+                    leader_id: s.leader_id,
+                    leader_addr: s.leader_addr().map(str::to_string),
+                })
+            }
+        })
+    }
+
+    /// Promotes learner `id` to voter once it has caught up (so the group does not wait on a
+    /// voter that is still far behind).
+    pub async fn promote(&self, id: u64) -> Result<ConfState> {
+        if !self.status().learners.contains(&id) {
+            return Err(RaftError::InvalidArgument(format!(
+                "member {id} is not a learner"
+            )));
+        }
+        self.wait_caught_up(id, self.request_timeout).await?;
+        self.change_membership(vec![change(ConfChangeType::AddNode, id)], vec![])
+            .await
+    }
+
+    /// Removes member `id` (voter or learner).
+    pub async fn remove_member(&self, id: u64) -> Result<ConfState> {
+        let s = self.status();
+        if !s.voters.contains(&id) && !s.learners.contains(&id) {
+            return Err(RaftError::InvalidArgument(format!(
+                "member {id} is not in the group"
+            )));
+        }
+        if s.voters == [id] {
+            return Err(RaftError::InvalidArgument(
+                "cannot remove the last voter".into(),
+            ));
+        }
+        self.change_membership(vec![change(ConfChangeType::RemoveNode, id)], vec![])
+            .await
+    }
+
+    /// Replaces voter `old` with a new member: adds `new_id` as a learner, waits until it has
+    /// caught up, then swaps the two in one joint-consensus change, so the group never has
+    /// fewer voters than before.
+    pub async fn replace_member(&self, old: u64, new_id: u64, addr: String) -> Result<ConfState> {
+        if !self.status().voters.contains(&old) {
+            return Err(RaftError::InvalidArgument(format!(
+                "member {old} is not a voter"
+            )));
+        }
+        self.add_learner(new_id, addr).await?;
+        self.wait_caught_up(new_id, self.request_timeout).await?;
+        self.change_membership(
+            vec![
+                change(ConfChangeType::AddNode, new_id),
+                change(ConfChangeType::RemoveNode, old),
+            ],
+            vec![],
+        )
+        .await
+    }
+
+    /// Stops the driver: pending requests fail with `ShuttingDown`, storage is already
+    /// durable (every Ready is synced before it is acknowledged). Idempotent.
+    pub async fn shutdown(&self) {
+        self.mailbox.shutdown();
+        let thread = self.thread.lock().take();
+        if let Some(t) = thread {
+            let _ = tokio::task::spawn_blocking(move || t.join()).await;
+        }
+    }
+}
+
+impl<S: StateMachine> Drop for RaftNode<S> {
+    fn drop(&mut self) {
+        self.mailbox.shutdown();
+    }
+}

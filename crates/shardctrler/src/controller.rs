@@ -1,0 +1,392 @@
+//! The replicated state machine: configuration history plus the exactly-once table.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use crate::addr::canonical_addr;
+use crate::config::{Config, UNASSIGNED};
+use crate::rebalance::rebalance;
+use crate::CtrlError;
+
+/// The shard count used by [`Controller::new`].
+pub const DEFAULT_SHARDS: usize = 64;
+
+/// Identifies one client request for exactly-once execution.
+///
+/// A client numbers its requests 1, 2, 3, … and has at most one outstanding at a time, retrying
+/// it under the same `seq` until it gets a reply. Raft may therefore commit the same request
+/// several times; only the first commit takes effect.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct RequestId {
+    /// A client id, unique among all clients of this controller.
+    pub client: u64,
+    /// The client's request number; increases with every new request.
+    pub seq: u64,
+}
+
+/// A command that changes the configuration, as committed to the Raft log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Command {
+    /// Add replica groups, then rebalance.
+    Join {
+        /// The request this command belongs to.
+        id: RequestId,
+        /// gid → `host:port` server addresses. Every gid must be new and non-zero, every list
+        /// non-empty, and no address may already serve another group.
+        groups: BTreeMap<u64, Vec<String>>,
+    },
+    /// Remove replica groups, then rebalance their shards onto the remaining groups.
+    Leave {
+        /// The request this command belongs to.
+        id: RequestId,
+        /// The gids to remove: non-empty, distinct, each in the latest configuration.
+        gids: Vec<u64>,
+    },
+    /// Give one shard to one group, without rebalancing. Holds until the next Join or Leave.
+    Move {
+        /// The request this command belongs to.
+        id: RequestId,
+        /// The shard to reassign, in `0..num_shards`.
+        shard: u64,
+        /// The new owner, a group in the latest configuration.
+        gid: u64,
+    },
+}
+
+impl Command {
+    /// The request this command belongs to.
+    pub fn id(&self) -> RequestId {
+        match self {
+            Command::Join { id, .. } | Command::Leave { id, .. } | Command::Move { id, .. } => *id,
+        }
+    }
+}
+
+/// The outcome of a command that took effect.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Applied {
+    /// The number of the configuration the command created.
+    pub num: u64,
+}
+
+/// What the controller remembers about one client: the outcome of its newest request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Session {
+    /// The newest `seq` applied for this client.
+    pub last_seq: u64,
+    /// What that request returned, refusal included, handed back verbatim to retries.
+    pub last_result: Result<Applied, CtrlError>,
+}
+
+/// The controller's complete state as plain data, for the Raft layer to encode and ship.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Snapshot {
+    /// The fixed shard count.
+    pub num_shards: usize,
+    /// Every configuration, index = number.
+    pub history: Vec<Config>,
+    /// client id → newest request outcome.
+    pub sessions: BTreeMap<u64, Session>,
+}
+
+/// The shard controller's deterministic state machine.
+///
+/// Replicas that apply the same commands in the same order hold equal `Controller`s (hence
+/// `Eq`): nothing here reads a clock, randomness or a hash map's iteration order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Controller {
+    /// Fixed at creation; every configuration has exactly this many shards.
+    num_shards: usize,
+    /// Append-only; `history[i].num == i` and `history[0]` is [`Config::initial`]. Nothing
+    /// hands out `&mut` access, which is what makes a queried configuration immutable forever.
+    history: Vec<Config>,
+    /// One entry per client that ever sent a command. Entries are never dropped: a client that
+    /// went quiet could still have a retry in flight.
+    sessions: BTreeMap<u64, Session>,
+}
+
+impl Default for Controller {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Controller {
+    /// A controller over [`DEFAULT_SHARDS`] shards, holding only configuration 0.
+    pub fn new() -> Self {
+        Self::with_shards(DEFAULT_SHARDS).expect("DEFAULT_SHARDS is positive")
+    }
+
+    /// A controller over `num_shards` shards, holding only configuration 0.
+    pub fn with_shards(num_shards: usize) -> Result<Self, CtrlError> {
+        if num_shards == 0 {
+            return Err(CtrlError::InvalidArgument(
+                "the shard count must be at least 1".into(),
+            ));
+        }
+        Ok(Controller {
+            num_shards,
+            history: vec![Config::initial(num_shards)],
+            sessions: BTreeMap::new(),
+        })
+    }
+
+    /// The fixed number of shards.
+    pub fn num_shards(&self) -> usize {
+        self.num_shards
+    }
+
+    /// The newest configuration.
+    pub fn latest(&self) -> &Config {
+        self.history.last().expect("history always holds config 0")
+    }
+
+    /// Configuration `num`, or the newest one for `None` or a number not yet reached.
+    ///
+    /// A number that exists always yields the same configuration, since history is append-only.
+    /// Never fails today; the `Result` leaves room for a history that is one day truncated.
+    pub fn query(&self, num: Option<u64>) -> Result<&Config, CtrlError> {
+        let found = num
+            .and_then(|n| usize::try_from(n).ok())
+            .and_then(|n| self.history.get(n));
+        Ok(found.unwrap_or_else(|| self.latest()))
+    }
+
+    /// Every configuration so far; index = configuration number.
+    pub fn history(&self) -> &[Config] {
+        &self.history
+    }
+
+    /// What the controller remembers about `client`, if it ever sent a command.
+    pub fn session(&self, client: u64) -> Option<&Session> {
+        self.sessions.get(&client)
+    }
+
+    /// Applies one committed command, exactly once per [`RequestId`].
+    ///
+    /// - A new request (a `seq` above the client's last) is executed: on success exactly one
+    ///   configuration is appended; on failure nothing changes. Either outcome is recorded, so
+    ///   a refusal is as final as a success — a retry must not succeed merely because the
+    ///   configuration changed in between, or the client would see two answers to one request.
+    /// - A retry (`seq` equal to the last) returns the recorded outcome and changes nothing.
+    /// - A stale request (`seq` below the last) changes nothing and returns
+    ///   [`CtrlError::Superseded`]: its result was already delivered, and the recorded outcome
+    ///   belongs to a different request.
+    pub fn apply(&mut self, cmd: Command) -> Result<Applied, CtrlError> {
+        let id = cmd.id();
+        if let Some(session) = self.sessions.get(&id.client) {
+            if id.seq == session.last_seq {
+                return session.last_result.clone();
+            }
+            if id.seq < session.last_seq {
+                return Err(CtrlError::Superseded {
+                    client: id.client,
+                    seq: id.seq,
+                    last_seq: session.last_seq,
+                });
+            }
+        }
+        let result = self.next_config(cmd).map(|config| {
+            debug_assert_eq!(config.check_invariants(self.num_shards), Ok(()));
+            let num = config.num;
+            self.history.push(config);
+            Applied { num }
+        });
+        self.sessions.insert(
+            id.client,
+            Session {
+                last_seq: id.seq,
+                last_result: result.clone(),
+            },
+        );
+        result
+    }
+
+    /// A copy of the whole state, for the Raft layer to serialize.
+    pub fn snapshot(&self) -> Snapshot {
+        Snapshot {
+            num_shards: self.num_shards,
+            history: self.history.clone(),
+            sessions: self.sessions.clone(),
+        }
+    }
+
+    /// Rebuilds a controller from a [`Snapshot`], refusing one that breaks an invariant.
+    pub fn restore(snapshot: Snapshot) -> Result<Self, CtrlError> {
+        let corrupt = CtrlError::CorruptSnapshot;
+        let Snapshot {
+            num_shards,
+            history,
+            sessions,
+        } = snapshot;
+        if num_shards == 0 {
+            return Err(corrupt("the shard count is 0".into()));
+        }
+        if history.first() != Some(&Config::initial(num_shards)) {
+            return Err(corrupt(
+                "history does not start with configuration 0".into(),
+            ));
+        }
+        for (index, config) in history.iter().enumerate() {
+            if usize::try_from(config.num) != Ok(index) {
+                return Err(corrupt(format!(
+                    "history[{index}] is numbered {}",
+                    config.num
+                )));
+            }
+            config.check_invariants(num_shards).map_err(corrupt)?;
+        }
+        for (client, session) in &sessions {
+            if let Ok(Applied { num }) = session.last_result {
+                if usize::try_from(num).map_or(true, |n| n >= history.len()) {
+                    return Err(corrupt(format!(
+                        "client {client} is recorded as creating config {num}, beyond history"
+                    )));
+                }
+            }
+        }
+        Ok(Controller {
+            num_shards,
+            history,
+            sessions,
+        })
+    }
+
+    /// The configuration `cmd` would create, or why it is refused. Does not modify `self`.
+    fn next_config(&self, cmd: Command) -> Result<Config, CtrlError> {
+        let latest = self.latest();
+        let mut next = Config {
+            num: latest.num + 1,
+            ..latest.clone()
+        };
+        match cmd {
+            Command::Join { groups, .. } => {
+                self.check_join(&groups)?;
+                next.groups.extend(groups);
+                next.shards = rebalance(&latest.shards, &next.gids());
+            }
+            Command::Leave { gids, .. } => {
+                self.check_leave(&gids)?;
+                for gid in &gids {
+                    next.groups.remove(gid);
+                }
+                next.shards = rebalance(&latest.shards, &next.gids());
+            }
+            Command::Move { shard, gid, .. } => {
+                let index = self.check_move(shard, gid)?;
+                next.shards[index] = gid;
+            }
+        }
+        Ok(next)
+    }
+
+    fn check_join(&self, groups: &BTreeMap<u64, Vec<String>>) -> Result<(), CtrlError> {
+        let latest = self.latest();
+        if groups.is_empty() {
+            return Err(invalid("join names no groups".into()));
+        }
+        // canonical address → the gid it serves, seeded with the groups already present.
+        let mut owner_of: BTreeMap<String, u64> = BTreeMap::new();
+        for (gid, servers) in &latest.groups {
+            for server in servers {
+                if let Ok(key) = canonical_addr(server) {
+                    owner_of.insert(key, *gid);
+                }
+            }
+        }
+        for (gid, servers) in groups {
+            if *gid == UNASSIGNED {
+                return Err(invalid(
+                    "join: gid 0 is reserved for unassigned shards".into(),
+                ));
+            }
+            if latest.groups.contains_key(gid) {
+                return Err(invalid(format!(
+                    "join: group {gid} is already in configuration {}",
+                    latest.num
+                )));
+            }
+            if servers.is_empty() {
+                return Err(invalid(format!("join: group {gid} lists no servers")));
+            }
+            for server in servers {
+                let key = canonical_addr(server).map_err(|why| {
+                    invalid(format!(
+                        "join: group {gid}: server address {server:?} {why}"
+                    ))
+                })?;
+                match owner_of.insert(key, *gid) {
+                    None => {}
+                    Some(other) if other == *gid => {
+                        return Err(invalid(format!(
+                            "join: group {gid} lists server {server:?} more than once"
+                        )));
+                    }
+                    Some(other) => {
+                        return Err(invalid(format!(
+                            "join: group {gid}: server {server:?} already belongs to group \
+                             {other}"
+                        )));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn check_leave(&self, gids: &[u64]) -> Result<(), CtrlError> {
+        let latest = self.latest();
+        if gids.is_empty() {
+            return Err(invalid("leave names no groups".into()));
+        }
+        let mut seen = BTreeSet::new();
+        for gid in gids {
+            if !seen.insert(*gid) {
+                return Err(invalid(format!(
+                    "leave: group {gid} is listed more than once"
+                )));
+            }
+            if *gid == UNASSIGNED {
+                return Err(invalid(
+                    "leave: gid 0 is reserved for unassigned shards".into(),
+                ));
+            }
+            if !latest.groups.contains_key(gid) {
+                return Err(invalid(format!(
+                    "leave: group {gid} is not in configuration {}",
+                    latest.num
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks a Move and returns the shard as an index.
+    fn check_move(&self, shard: u64, gid: u64) -> Result<usize, CtrlError> {
+        let latest = self.latest();
+        let index = usize::try_from(shard)
+            .ok()
+            .filter(|s| *s < self.num_shards)
+            .ok_or_else(|| {
+                invalid(format!(
+                    "move: shard {shard} is out of range 0..{}",
+                    self.num_shards
+                ))
+            })?;
+        if gid == UNASSIGNED {
+            return Err(invalid(
+                "move: gid 0 is reserved; a shard cannot be moved to no group".into(),
+            ));
+        }
+        if !latest.groups.contains_key(&gid) {
+            return Err(invalid(format!(
+                "move: group {gid} is not in configuration {}",
+                latest.num
+            )));
+        }
+        Ok(index)
+    }
+}
+
+fn invalid(msg: String) -> CtrlError {
+    CtrlError::InvalidArgument(msg)
+}

@@ -1,0 +1,60 @@
+//! The shard controller's deterministic core.
+//!
+//! QuorumKV splits its key space into a fixed number of shards (by default
+//! [`DEFAULT_SHARDS`]) and serves each shard from one replica group, a Raft group identified by
+//! a non-zero gid. The controller decides which group owns which shard. Its decisions form a
+//! numbered sequence of [`Config`]s: configuration 0 has no groups and every shard
+//! [`UNASSIGNED`]; every command that takes effect appends exactly one new configuration.
+//! KV servers poll the sequence and migrate shards from one configuration to the next, so the
+//! controller's job is to keep that sequence stable, balanced, and cheap to follow.
+//!
+//! # How the pieces fit
+//!
+//! - [`Controller`] is the state machine a Raft wrapper drives. Committed [`Command`]s
+//!   (`Join`, `Leave`, `Move`) go in through [`Controller::apply`], in log order, on every
+//!   replica; [`Controller::query`] reads a configuration by number. [`Controller::snapshot`]
+//!   and [`Controller::restore`] move the whole state as plain data.
+//! - `Join` and `Leave` rebalance through [`rebalance()`], which moves the fewest shards any
+//!   balanced outcome allows; its module documentation carries the argument. Shards moved are
+//!   data migrated between groups, which is why "fewest" matters.
+//! - `Move` pins one shard to one group without rebalancing (for tests and operators); the pin
+//!   lasts until the next `Join` or `Leave`.
+//! - Join's server addresses must be `host:port`; [`check_server_addr`] applies the same rule
+//!   for callers that want to reject a bad address before proposing it.
+//! - Every refusal is a [`CtrlError`], named for what the caller should do about it.
+//!
+//! # Invariants
+//!
+//! - History is append-only and `history[n].num == n`: once configuration `n` is observed,
+//!   `query(Some(n))` returns the identical configuration forever.
+//! - In every configuration, each shard is owned by exactly one group present in that
+//!   configuration, or, when there are no groups, by [`UNASSIGNED`]. No server address serves
+//!   two groups.
+//! - After `Join` or `Leave`, shard counts of any two groups differ by at most one (with more
+//!   groups than shards: one shard each for some groups, none for the others).
+//! - Exactly once: the controller remembers each client's newest [`RequestId`] and its outcome,
+//!   refusals included, so a request committed twice by Raft takes effect once and both
+//!   commits return the same answer. A refused command changes no configuration.
+//! - Determinism: identical command sequences give identical controllers. Only ordered
+//!   collections are iterated and ties are always broken by gid; there is no clock, randomness
+//!   or I/O anywhere in this crate.
+//!
+//! # Deliberately left out
+//!
+//! Raft, networking, persistence and wire encoding belong to the caller: a replica wraps
+//! [`Controller`], proposes commands, calls `apply` once each commits, and serializes
+//! [`Snapshot`]s. Reads are linearizable only if the caller routes `query` through the log or a
+//! read index. Dedup sessions are never expired, as in the classic design: a client that went
+//! quiet may still have a retry in flight.
+
+mod addr;
+mod config;
+mod controller;
+mod error;
+mod rebalance;
+
+pub use addr::check_server_addr;
+pub use config::{Config, UNASSIGNED};
+pub use controller::{Applied, Command, Controller, RequestId, Session, Snapshot, DEFAULT_SHARDS};
+pub use error::CtrlError;
+pub use rebalance::rebalance;

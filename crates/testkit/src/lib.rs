@@ -1,0 +1,31 @@
+//! Test support for QuorumKV (a dev-dependency only; never linked into a binary).
+//!
+//! - [`certs`]: a throw-away CA and certificates for loopback clusters, plus a foreign CA to
+//!   prove that strangers are refused.
+//! - [`net`]: a fault-injecting [`quorumkv_raft_core::Transport`] wrapper. Every member's
+//!   outgoing messages pass through one shared [`net::FaultNet`] that can partition named
+//!   members, drop a fraction of messages, and delay (and so reorder) them. Since every member
+//!   filters what it sends, a partition is symmetric.
+//! - [`kv`]: a small deterministic key/value state machine that also detects an index applied
+//!   twice or out of order.
+//! - [`cluster`]: a Raft group of real members on 127.0.0.1, real gRPC over mutual TLS, with
+//!   stop/restart/add/remove of members and awaitable conditions (no fixed sleeps).
+
+pub mod certs;
+pub mod cluster;
+pub mod kv;
+pub mod net;
+
+pub use cluster::{ClusterOptions, TestCluster};
+pub use kv::{KvCommand, KvStateMachine};
+pub use net::FaultNet;
+
+/// Installs a tracing subscriber for a test if `RUST_LOG` is set (idempotent).
+pub fn init_tracing() {
+    if std::env::var_os("RUST_LOG").is_some() {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_test_writer()
+            .try_init();
+    }
+}
