@@ -6,6 +6,7 @@
 //!   again.
 //! - [`tls`]: loading the PEM files of a node or client into tonic's mutual-TLS configuration.
 //!   Servers always require a client certificate signed by the cluster CA.
+//! - [`rpc`]: how errors travel over gRPC (codes + metadata) so clients can act on them.
 //! - [`certs`]: generating a CA and node/client certificates with `rcgen` (no openssl), used by
 //!   the `quorumkv-certs` command, the tests and the demo.
 //!
@@ -14,6 +15,7 @@
 
 pub mod addr;
 pub mod certs;
+pub mod rpc;
 pub mod tls;
 
 pub use addr::{parse_members, HostPort, Member};

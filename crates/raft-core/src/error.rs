@@ -43,3 +43,28 @@ impl RaftError {
 }
 
 pub type Result<T, E = RaftError> = std::result::Result<T, E>;
+
+impl From<RaftError> for quorumkv_common::rpc::ErrorKind {
+    fn from(e: RaftError) -> Self {
+        use quorumkv_common::rpc::ErrorKind;
+        match e {
+            RaftError::NotLeader { leader_addr, .. } => ErrorKind::NotLeader {
+                leader: leader_addr,
+            },
+            RaftError::Timeout(_) => ErrorKind::Timeout,
+            RaftError::RetryLater(_) => ErrorKind::RetryLater,
+            RaftError::InvalidArgument(_) => ErrorKind::InvalidArgument,
+            RaftError::ShuttingDown => ErrorKind::ShuttingDown,
+            RaftError::Storage(_) => ErrorKind::Internal,
+        }
+    }
+}
+
+impl From<RaftError> for tonic::Status {
+    /// The server edge: a raft error as a status a client can act on (see
+    /// `quorumkv_common::rpc`).
+    fn from(e: RaftError) -> Self {
+        let message = e.to_string();
+        quorumkv_common::rpc::to_status(e.into(), message)
+    }
+}
