@@ -6,6 +6,7 @@
 //!   outgoing messages pass through one shared [`net::FaultNet`] that can partition named
 //!   members, drop a fraction of messages, and delay (and so reorder) them. Since every member
 //!   filters what it sends, a partition is symmetric.
+//! - [`mem`]: an in-memory transport (mailbox to mailbox) for benchmarks.
 //! - [`kv`]: a small deterministic key/value state machine that also detects an index applied
 //!   twice or out of order.
 //! - [`cluster`]: a Raft group of real members on 127.0.0.1, real gRPC over mutual TLS, with
@@ -14,6 +15,7 @@
 pub mod certs;
 pub mod cluster;
 pub mod kv;
+pub mod mem;
 pub mod net;
 
 pub use cluster::{ClusterOptions, TestCluster};

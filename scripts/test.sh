@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Runs QuorumKV's whole test suite: unit, property, cluster (real gRPC over mutual TLS on
+# loopback) and end-to-end tests of the real binaries. Needs only the Rust toolchain;
+# cargo-nextest is used when installed (it runs each test in its own process with a time
+# limit, see .config/nextest.toml), `cargo test` otherwise.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+profile=default
+if [ "${CI:-}" = "true" ]; then profile=ci; fi
+
+if cargo nextest --version >/dev/null 2>&1; then
+  cargo nextest run --workspace --profile "$profile" "$@"
+  # nextest does not run doc tests.
+  cargo test --workspace --doc --quiet
+else
+  echo "cargo-nextest not found; running cargo test" >&2
+  cargo test --workspace "$@"
+fi
