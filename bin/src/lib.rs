@@ -23,7 +23,12 @@ pub struct LogArgs {
     #[arg(long = "log-level", env = "QKV_LOG", default_value = "info")]
     pub level: String,
     /// Log format.
-    #[arg(long = "log-format", env = "QKV_LOG_FORMAT", value_enum, default_value = "text")]
+    #[arg(
+        long = "log-format",
+        env = "QKV_LOG_FORMAT",
+        value_enum,
+        default_value = "text"
+    )]
     pub format: LogFormat,
 }
 

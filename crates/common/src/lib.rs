@@ -16,9 +16,11 @@
 pub mod addr;
 pub mod certs;
 pub mod rpc;
+pub mod shard;
 pub mod tls;
 
 pub use addr::{parse_members, HostPort, Member};
+pub use shard::shard_of;
 pub use tls::{TlsFiles, TlsMaterial};
 
 /// Errors of this crate. Each names what the caller should fix.

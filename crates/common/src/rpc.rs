@@ -25,7 +25,9 @@ const LEADER_KEY: &str = "qkv-leader";
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ErrorKind {
     /// Not the leader; `leader` is the leader's `host:port` when known.
-    NotLeader { leader: Option<String> },
+    NotLeader {
+        leader: Option<String>,
+    },
     RetryLater,
     ShuttingDown,
     WrongGroup,

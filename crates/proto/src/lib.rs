@@ -8,3 +8,15 @@
 pub mod raft {
     tonic::include_proto!("quorumkv.raft");
 }
+
+/// The shard controller's API, Raft log commands and snapshot encoding
+/// (`proto/shardctrler.proto`).
+pub mod shardctrler {
+    tonic::include_proto!("quorumkv.shardctrler");
+}
+
+/// ShardKV replica groups: client API, shard migration, replicated commands
+/// (`proto/shardkv.proto`).
+pub mod shardkv {
+    tonic::include_proto!("quorumkv.shardkv");
+}

@@ -637,9 +637,11 @@ impl<S: StateMachine> Driver<S> {
             members: self.members.clone(),
             state: self.sm.read().snapshot(),
         };
-        let mut meta = raft::eraftpb::SnapshotMetadata::default();
-        meta.index = self.applied;
-        meta.term = self.applied_term;
+        let mut meta = raft::eraftpb::SnapshotMetadata {
+            index: self.applied,
+            term: self.applied_term,
+            ..Default::default()
+        };
         meta.set_conf_state(self.conf_state.clone());
         let first = self.raw.store().first_index();
         let compact_to = self

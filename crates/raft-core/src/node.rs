@@ -75,6 +75,41 @@ impl<S: StateMachine> RaftNode<S> {
         })
     }
 
+    /// Starts a member whose peers are reached over mutual-TLS gRPC: creates its mailbox and
+    /// [`crate::GrpcTransport`], starts the node, and returns it with the
+    /// [`crate::RaftService`] that the member's gRPC server must mount so peers can reach it.
+    /// Must be called inside a tokio runtime (the transport's tasks run on it).
+    pub fn start_grpc(
+        cfg: NodeConfig,
+        state_machine: S,
+        tls: quorumkv_common::TlsMaterial,
+        mailbox_capacity: usize,
+    ) -> Result<(Self, crate::RaftService)> {
+        Self::start_grpc_wrapped(cfg, state_machine, tls, mailbox_capacity, |t| Arc::new(t))
+    }
+
+    /// [`RaftNode::start_grpc`] with the transport passed through `wrap` first (tests wrap it
+    /// to inject partitions, drops and delays).
+    pub fn start_grpc_wrapped(
+        cfg: NodeConfig,
+        state_machine: S,
+        tls: quorumkv_common::TlsMaterial,
+        mailbox_capacity: usize,
+        wrap: impl FnOnce(crate::GrpcTransport) -> Arc<dyn Transport>,
+    ) -> Result<(Self, crate::RaftService)> {
+        let (mb, inbox) = crate::mailbox(mailbox_capacity);
+        let transport = crate::GrpcTransport::new(
+            cfg.id,
+            cfg.group_id,
+            crate::Dialer::new(tls),
+            mb.clone(),
+            tokio::runtime::Handle::current(),
+        );
+        let service = crate::RaftService::new(cfg.group_id, mb.clone());
+        let node = Self::start(cfg, state_machine, wrap(transport), mb, inbox)?;
+        Ok((node, service))
+    }
+
     pub fn id(&self) -> u64 {
         self.id
     }

@@ -43,7 +43,10 @@ async fn only_certificates_from_the_cluster_ca_are_accepted() {
         .ca_certificate(Certificate::from_pem(&c.pki.ca.pem().cert))
         .domain_name("127.0.0.1");
     let err = call(&addr, ca_only).await.unwrap_err();
-    assert!(err.contains("CertificateRequired"), "unexpected error: {err}");
+    assert!(
+        err.contains("CertificateRequired"),
+        "unexpected error: {err}"
+    );
 
     // A certificate from another CA: refused (the client itself trusts the cluster CA, so
     // only the member's check of the client certificate can fail).

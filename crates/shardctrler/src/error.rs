@@ -35,4 +35,10 @@ pub enum CtrlError {
     /// invariant. Do not install it; fetch a snapshot from another replica.
     #[error("corrupt snapshot: {0}")]
     CorruptSnapshot(String),
+
+    /// A controller member could not start: its data directory was created with another
+    /// shard count, or its storage, TLS material or listener is unusable. Fix the
+    /// configuration or the data directory and start it again; retrying unchanged fails again.
+    #[error("cannot start: {0}")]
+    CannotStart(String),
 }

@@ -1,4 +1,4 @@
-//! The shard controller's deterministic core.
+//! The shard controller: a deterministic core, replicated by a Raft group and served over gRPC.
 //!
 //! QuorumKV splits its key space into a fixed number of shards (by default
 //! [`DEFAULT_SHARDS`]) and serves each shard from one replica group, a Raft group identified by
@@ -10,7 +10,7 @@
 //!
 //! # How the pieces fit
 //!
-//! - [`Controller`] is the state machine a Raft wrapper drives. Committed [`Command`]s
+//! - [`Controller`] is the state machine the Raft layer ([`sm`]) drives. Committed [`Command`]s
 //!   (`Join`, `Leave`, `Move`) go in through [`Controller::apply`], in log order, on every
 //!   replica; [`Controller::query`] reads a configuration by number. [`Controller::snapshot`]
 //!   and [`Controller::restore`] move the whole state as plain data.
@@ -37,24 +37,51 @@
 //!   commits return the same answer. A refused command changes no configuration.
 //! - Determinism: identical command sequences give identical controllers. Only ordered
 //!   collections are iterated and ties are always broken by gid; there is no clock, randomness
-//!   or I/O anywhere in this crate.
+//!   or I/O in the core, in [`codec`] or in [`sm`] (only [`server`] and [`node`] do I/O).
+//!
+//! # The replicated service
+//!
+//! The core above knows nothing of Raft, networks or bytes. Four modules turn it into a service
+//! (normally 3 members), layered so that each depends only on the ones before it:
+//!
+//! - [`codec`]: the wire encoding of commands, responses, configurations and snapshots, as
+//!   defined in `proto/shardctrler.proto`. Deterministic (equal values, equal bytes) and
+//!   versioned (snapshots carry a version; an unknown one is refused, not misread).
+//! - [`sm`]: [`ControllerSm`], the controller as a `quorumkv_raft_core::StateMachine`. It holds
+//!   the shard count it was started with and refuses a snapshot with another.
+//! - [`server`]: [`CtrlerService`], the `ShardCtrler` gRPC service. Join/Leave/Move are
+//!   proposed through Raft after the stateless checks (so garbage never reaches the log);
+//!   Query is a linearizable ReadIndex read that never writes to the log, so polling does not
+//!   grow it. Errors become statuses here, following `quorumkv_common::rpc`.
+//! - [`node`]: [`CtrlerMember`] and [`serve()`], the wiring of one member (Raft node, mutual-TLS
+//!   transport, one listener serving both the Raft transport and `ShardCtrler`), and the shard
+//!   count stored in the data directory (`controller.meta`) so a member restarted with another
+//!   count refuses to start.
+//!
+//! Clients use the `quorumkv-shardctrler-client` crate, which depends only on the wire types.
 //!
 //! # Deliberately left out
 //!
-//! Raft, networking, persistence and wire encoding belong to the caller: a replica wraps
-//! [`Controller`], proposes commands, calls `apply` once each commits, and serializes
-//! [`Snapshot`]s. Reads are linearizable only if the caller routes `query` through the log or a
-//! read index. Dedup sessions are never expired, as in the classic design: a client that went
-//! quiet may still have a retry in flight.
+//! Dedup sessions are never expired, as in the classic design: a client that went quiet may
+//! still have a retry in flight. Changing the controller group's own membership is left to the
+//! raft core's membership calls (a member can be started with `Bootstrap::Join`); there is no
+//! RPC for it yet.
 
 mod addr;
+pub mod codec;
 mod config;
 mod controller;
 mod error;
+pub mod node;
 mod rebalance;
+pub mod server;
+pub mod sm;
 
 pub use addr::check_server_addr;
 pub use config::{Config, UNASSIGNED};
 pub use controller::{Applied, Command, Controller, RequestId, Session, Snapshot, DEFAULT_SHARDS};
 pub use error::CtrlError;
+pub use node::{serve, CtrlerMember, MemberOptions, CONTROLLER_GROUP_ID};
 pub use rebalance::rebalance;
+pub use server::CtrlerService;
+pub use sm::ControllerSm;

@@ -1,0 +1,299 @@
+//! `shardctrler-client`: the shard controller from the command line (join, leave, move,
+//! query), on top of the `quorumkv-shardctrler-client` library.
+//!
+//! Exit status: 0 on success; 2 for bad arguments (as clap); 1 when the controller refuses the
+//! request or cannot be reached. Errors are one line on stderr.
+
+use std::collections::BTreeMap;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{CommandFactory, Parser, Subcommand};
+use quorumkv_bin::TlsArgs;
+use quorumkv_common::HostPort;
+use quorumkv_shardctrler_client::{Config, CtrlerClient, UNASSIGNED};
+
+const EXAMPLES: &str = "\
+Examples:
+  shardctrler-client join 1=a:7001,b:7001,c:7001 2=d:7001,e:7001,f:7001
+  shardctrler-client leave 1 2
+  shardctrler-client move 17 2
+  shardctrler-client query          (the latest configuration)
+  shardctrler-client query 5        (configuration 5)
+  shardctrler-client --json query   (for scripts)
+
+Exit status: 0 on success, 2 for bad arguments, 1 when the controller refuses the request or
+cannot be reached (the reason is printed on one line).";
+
+/// Command-line client of the QuorumKV shard controller.
+#[derive(Debug, Parser)]
+#[command(name = "shardctrler-client", version, after_help = EXAMPLES)]
+struct Cli {
+    /// Controller members, `host:port,...` (any of them; the leader is found and followed).
+    #[arg(
+        long,
+        env = "QKV_CTRLERS",
+        value_delimiter = ',',
+        required = true,
+        value_name = "HOST:PORT,..."
+    )]
+    ctrlers: Vec<String>,
+
+    #[command(flatten)]
+    tls: TlsArgs,
+
+    /// Print JSON instead of text (for scripts).
+    #[arg(long, env = "QKV_JSON")]
+    json: bool,
+
+    /// Give up after this many seconds, retries included. A change that timed out may still
+    /// be applied: query to find out.
+    #[arg(long, env = "QKV_TIMEOUT", default_value_t = 10.0, value_name = "SECS")]
+    timeout: f64,
+
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Add replica groups, then rebalance the shards over all groups.
+    Join {
+        /// One group per argument: `GID=HOST:PORT,HOST:PORT,...` (gid non-zero, at least one
+        /// server).
+        #[arg(required = true, value_name = "GID=HOST:PORT,...", value_parser = parse_group)]
+        groups: Vec<GroupArg>,
+    },
+    /// Remove replica groups, handing their shards to the remaining groups.
+    Leave {
+        /// The gids of the groups to remove.
+        #[arg(required = true, value_name = "GID")]
+        gids: Vec<u64>,
+    },
+    /// Give one shard to one group (until the next join or leave rebalances).
+    Move {
+        /// The shard, from 0 to the shard count - 1.
+        shard: u64,
+        /// The group that gets it.
+        gid: u64,
+    },
+    /// Show a configuration: the groups, the shards each owns, the unassigned shards.
+    Query {
+        /// The configuration number; the latest when omitted.
+        num: Option<u64>,
+    },
+}
+
+/// One `GID=HOST:PORT,...` argument of `join`.
+#[derive(Debug, Clone)]
+struct GroupArg {
+    gid: u64,
+    servers: Vec<String>,
+}
+
+fn parse_group(s: &str) -> Result<GroupArg, String> {
+    let (gid, servers) = s
+        .split_once('=')
+        .ok_or_else(|| "expected GID=HOST:PORT,HOST:PORT,...".to_string())?;
+    let gid: u64 = gid
+        .trim()
+        .parse()
+        .map_err(|_| format!("gid {gid:?} is not a number"))?;
+    if gid == UNASSIGNED {
+        return Err("gid 0 is reserved for unassigned shards".into());
+    }
+    let servers: Vec<String> = servers
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(String::from)
+        .collect();
+    if servers.is_empty() {
+        return Err(format!("group {gid} lists no servers"));
+    }
+    for server in &servers {
+        HostPort::parse(server).map_err(|e| e.to_string())?;
+    }
+    Ok(GroupArg { gid, servers })
+}
+
+/// `[0, 1, 2, 5, 7, 8]` → `0-2,5,7-8`; `-` for none.
+fn ranges(shards: &[u64]) -> String {
+    let mut out: Vec<String> = Vec::new();
+    let mut i = 0;
+    while i < shards.len() {
+        let start = shards[i];
+        let mut end = start;
+        while i + 1 < shards.len() && shards[i + 1] == end + 1 {
+            i += 1;
+            end = shards[i];
+        }
+        out.push(if start == end {
+            start.to_string()
+        } else {
+            format!("{start}-{end}")
+        });
+        i += 1;
+    }
+    if out.is_empty() {
+        "-".into()
+    } else {
+        out.join(",")
+    }
+}
+
+fn print_config(c: &Config, json: bool) {
+    let unassigned = c.shards_of(UNASSIGNED);
+    if json {
+        let groups: Vec<serde_json::Value> = c
+            .groups
+            .iter()
+            .map(|(gid, servers)| {
+                serde_json::json!({ "gid": gid, "servers": servers, "shards": c.shards_of(*gid) })
+            })
+            .collect();
+        let v = serde_json::json!({
+            "num": c.num,
+            "num_shards": c.shards.len(),
+            "shards": c.shards,
+            "groups": groups,
+            "unassigned": unassigned,
+        });
+        println!("{v}");
+        return;
+    }
+    println!(
+        "configuration {}: {} shards, {} groups",
+        c.num,
+        c.shards.len(),
+        c.groups.len()
+    );
+    if !c.groups.is_empty() {
+        let rows: Vec<[String; 4]> = c
+            .groups
+            .iter()
+            .map(|(gid, servers)| {
+                let owned = c.shards_of(*gid);
+                [
+                    gid.to_string(),
+                    owned.len().to_string(),
+                    ranges(&owned),
+                    servers.join(","),
+                ]
+            })
+            .collect();
+        let header = ["GID", "COUNT", "SHARDS", "SERVERS"].map(String::from);
+        let widths: Vec<usize> = (0..3)
+            .map(|i| {
+                rows.iter()
+                    .chain([&header])
+                    .map(|r| r[i].len())
+                    .max()
+                    .unwrap_or(0)
+            })
+            .collect();
+        for r in [&header].into_iter().chain(&rows) {
+            println!(
+                "{:<w0$}  {:<w1$}  {:<w2$}  {}",
+                r[0],
+                r[1],
+                r[2],
+                r[3],
+                w0 = widths[0],
+                w1 = widths[1],
+                w2 = widths[2]
+            );
+        }
+    }
+    println!("unassigned: {}", ranges(&unassigned));
+}
+
+fn print_num(num: u64, json: bool) {
+    if json {
+        println!("{}", serde_json::json!({ "num": num }));
+    } else {
+        println!("configuration {num}");
+    }
+}
+
+async fn run(cli: Cli, client: CtrlerClient) -> Result<(), String> {
+    let e = |e: quorumkv_shardctrler_client::ClientError| e.to_string();
+    match cli.cmd {
+        Cmd::Join { groups } => {
+            let groups: BTreeMap<u64, Vec<String>> =
+                groups.into_iter().map(|g| (g.gid, g.servers)).collect();
+            print_num(client.join(groups).await.map_err(e)?, cli.json);
+        }
+        Cmd::Leave { gids } => print_num(client.leave(gids).await.map_err(e)?, cli.json),
+        Cmd::Move { shard, gid } => {
+            print_num(client.move_shard(shard, gid).await.map_err(e)?, cli.json)
+        }
+        Cmd::Query { num } => print_config(&client.query(num).await.map_err(e)?, cli.json),
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let usage = |msg: String| -> ! {
+        Cli::command()
+            .error(clap::error::ErrorKind::ValueValidation, msg)
+            .exit()
+    };
+    if let Cmd::Join { groups } = &cli.cmd {
+        let mut seen = std::collections::BTreeSet::new();
+        if let Some(g) = groups.iter().find(|g| !seen.insert(g.gid)) {
+            usage(format!("join: group {} is given twice", g.gid));
+        }
+    }
+    if !(cli.timeout.is_finite() && cli.timeout > 0.0) {
+        usage(format!(
+            "--timeout {} must be a positive number of seconds",
+            cli.timeout
+        ));
+    }
+    let fail = |msg: String| {
+        eprintln!("shardctrler-client: error: {}", msg.replace('\n', " "));
+        ExitCode::FAILURE
+    };
+    let tls = match cli.tls.load() {
+        Ok(t) => t,
+        Err(err) => return fail(format!("TLS files: {err:#}")),
+    };
+    let client = match CtrlerClient::connect(cli.ctrlers.clone(), tls) {
+        Ok(c) => c.with_timeout(Duration::from_secs_f64(cli.timeout)),
+        Err(err) => usage(format!("--ctrlers: {err}")),
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(err) => return fail(format!("cannot start the async runtime: {err}")),
+    };
+    match runtime.block_on(run(cli, client)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(msg) => fail(msg),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn compacts_shard_ranges() {
+        assert_eq!(ranges(&[]), "-");
+        assert_eq!(ranges(&[3]), "3");
+        assert_eq!(ranges(&[0, 1, 2, 5, 7, 8]), "0-2,5,7-8");
+    }
+
+    #[test]
+    fn parses_group_arguments() {
+        let g = parse_group("1=a:7001, b:7001").unwrap();
+        assert_eq!((g.gid, g.servers.len()), (1, 2));
+        for bad in ["1", "0=a:1", "x=a:1", "1=", "1=a", "1=a:0"] {
+            assert!(parse_group(bad).is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,156 @@
+//! Calling a replica group: lazily connected channels per address, the last known leader of
+//! each group, and the retry loop that follows leader hints within a deadline.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+use quorumkv_common::rpc::{ErrorKind, RpcError};
+use quorumkv_common::{HostPort, TlsMaterial};
+use quorumkv_proto::shardkv::shard_kv_client::ShardKvClient;
+use tonic::transport::{Channel, Endpoint};
+
+/// Longest wait for one attempt on one server.
+const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(2);
+const BACKOFF_MIN: Duration = Duration::from_millis(10);
+const BACKOFF_MAX: Duration = Duration::from_millis(200);
+/// Largest message a client sends or accepts (values are at most 1 MiB).
+pub const MAX_MESSAGE_BYTES: usize = 16 << 20;
+
+/// Channels to shardkv servers, shared by every client of a process.
+pub struct GroupCaller {
+    tls: TlsMaterial,
+    channels: Mutex<HashMap<String, Channel>>,
+    /// gid -> address of the member that last answered as leader.
+    leaders: Mutex<HashMap<u64, String>>,
+}
+
+impl GroupCaller {
+    pub fn new(tls: TlsMaterial) -> Self {
+        GroupCaller {
+            tls,
+            channels: Mutex::new(HashMap::new()),
+            leaders: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// A client for one server (lazily connected, shared channel).
+    pub fn client(&self, addr: &str) -> Result<ShardKvClient<Channel>, RpcError> {
+        let mut channels = self.channels.lock();
+        let channel = match channels.get(addr) {
+            Some(c) => c.clone(),
+            None => {
+                let hp = HostPort::parse(addr)
+                    .map_err(|e| RpcError::new(ErrorKind::InvalidArgument, e.to_string()))?;
+                let endpoint = Endpoint::from_shared(format!("https://{addr}"))
+                    .and_then(|e| e.tls_config(self.tls.client_config(hp.tls_name())))
+                    .map_err(|e| RpcError::new(ErrorKind::InvalidArgument, e.to_string()))?
+                    .connect_timeout(Duration::from_secs(2))
+                    .tcp_nodelay(true);
+                // Connects on first use and reconnects (resolving DNS again) after failures.
+                let c = endpoint.connect_lazy();
+                channels.insert(addr.to_string(), c.clone());
+                c
+            }
+        };
+        Ok(ShardKvClient::new(channel)
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES))
+    }
+
+    /// Calls `f` on the leader of group `gid` (servers `servers`), following `NotLeader`
+    /// hints, trying the other members on transport errors and backing off on `RetryLater`,
+    /// until it succeeds, a non-retryable error or `WrongGroup` comes back, or `deadline`
+    /// passes (then the last error, or `Timeout`).
+    pub async fn call<T, F, Fut>(
+        &self,
+        gid: u64,
+        servers: &[String],
+        deadline: Instant,
+        mut f: F,
+    ) -> Result<T, RpcError>
+    where
+        F: FnMut(ShardKvClient<Channel>) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
+        if servers.is_empty() {
+            return Err(RpcError::new(
+                ErrorKind::Unavailable,
+                format!("group {gid} has no servers"),
+            ));
+        }
+        let mut target = self
+            .leaders
+            .lock()
+            .get(&gid)
+            .filter(|a| servers.contains(a))
+            .cloned()
+            .unwrap_or_else(|| servers[0].clone());
+        let mut backoff = BACKOFF_MIN;
+        let mut moves = 0usize;
+        let mut last: Option<RpcError> = None;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(
+                    last.unwrap_or_else(|| RpcError::new(ErrorKind::Timeout, "deadline passed"))
+                );
+            }
+            let result = match self.client(&target) {
+                Ok(client) => {
+                    match tokio::time::timeout(left.min(ATTEMPT_TIMEOUT), f(client)).await {
+                        Ok(Ok(resp)) => Ok(resp.into_inner()),
+                        Ok(Err(status)) => Err(RpcError::from_status(&status)),
+                        Err(_) => Err(RpcError::new(
+                            ErrorKind::Timeout,
+                            format!(
+                                "{target} did not answer within {:?}",
+                                left.min(ATTEMPT_TIMEOUT)
+                            ),
+                        )),
+                    }
+                }
+                Err(e) => Err(e),
+            };
+            let err = match result {
+                Ok(v) => {
+                    self.leaders.lock().insert(gid, target);
+                    return Ok(v);
+                }
+                Err(e) => e,
+            };
+            let next_member = |t: &str| {
+                let i = servers.iter().position(|s| s == t).unwrap_or(0);
+                servers[(i + 1) % servers.len()].clone()
+            };
+            match &err.kind {
+                ErrorKind::NotLeader { leader: Some(l) } if servers.contains(l) && *l != target => {
+                    target = l.clone();
+                }
+                ErrorKind::NotLeader { .. }
+                | ErrorKind::ShuttingDown
+                | ErrorKind::Unavailable
+                | ErrorKind::Timeout => {
+                    target = next_member(&target);
+                    moves += 1;
+                    if moves.is_multiple_of(servers.len()) {
+                        // A full round without an answer: an election is probably running,
+                        // or the group is down. Back off instead of spinning.
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(BACKOFF_MAX);
+                    }
+                }
+                ErrorKind::RetryLater => {
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(BACKOFF_MAX);
+                }
+                ErrorKind::WrongGroup
+                | ErrorKind::InvalidArgument
+                | ErrorKind::NotFound
+                | ErrorKind::Internal => return Err(err),
+            }
+            last = Some(err);
+        }
+    }
+}

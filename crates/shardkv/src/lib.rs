@@ -1,0 +1,33 @@
+//! # ShardKV replica groups
+//!
+//! A replica group is a Raft group (normally three `shardkv-server` members) that serves the
+//! shards the shard controller's current configuration assigns to it, and moves shards to and
+//! from other groups when the configuration changes.
+//!
+//! - [`state::ShardKvState`] is the deterministic state machine: the configuration the group
+//!   has reached, and each shard it holds with its data, its exactly-once sessions and its
+//!   migration state ([`shard::ShardState`]: `Serving`, `Pulling`, `Collecting`,
+//!   `HandingOff`). Its module docs state the invariants.
+//! - [`service::KvService`] is the gRPC edge: `Get` is a linearizable read through ReadIndex
+//!   (no log write); `Put`/`Append`/`Delete` are proposed through Raft; `PullShard` and
+//!   `DeleteShard` serve other groups.
+//! - [`migrate`] is the leader's background task: it polls the controller every 100 ms and
+//!   proposes configurations strictly one at a time, pulls incoming shards from their previous
+//!   owners in bounded chunks (each installed through the log), then has the previous owner
+//!   delete its copy (garbage collection) and marks the shard fully owned.
+//! - [`node::KvMember`] wires one member (Raft node, TLS server, migration task).
+//!
+//! A shard is served from the moment it has fully arrived, even while other shards of the same
+//! configuration are still missing; shards that do not move keep being served throughout.
+//!
+//! Deliberately left out: the shard data lives in memory (made durable by the Raft log in sled
+//! plus snapshots), so a group's data must fit in its members' memory.
+
+pub mod migrate;
+pub mod node;
+pub mod service;
+pub mod shard;
+pub mod state;
+
+pub use node::{KvMember, KvMemberOptions, StartError};
+pub use state::{ShardKvState, MAX_KEY_BYTES, MAX_VALUE_BYTES};

@@ -1,0 +1,178 @@
+//! The leader's background work: follow the controller's configurations one at a time, pull
+//! incoming shards from their previous owners, and tell previous owners to delete what was
+//! handed off.
+//!
+//! Everything decided here goes through the group's Raft log as a command and is re-checked
+//! when applied, so a stale leader or a duplicate pull changes nothing: this task only
+//! proposes; the state machine decides.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::future::join_all;
+use quorumkv_proto::shardkv as pb;
+use quorumkv_raft_core::RaftNode;
+use quorumkv_shardctrler_client::CtrlerClient;
+use quorumkv_shardkv_client::GroupCaller;
+use tokio::sync::watch;
+
+use crate::service::{propose, MAX_CHUNK_BYTES};
+use crate::state::{config_to_pb, ShardKvState};
+
+/// How often the leader polls the controller and drives migrations.
+pub const POLL_INTERVAL: Duration = Duration::from_millis(100);
+/// Bound of one round of migration calls.
+const ROUND_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Runs until `shutdown` becomes true.
+pub async fn run(
+    node: Arc<RaftNode<ShardKvState>>,
+    ctrler: Arc<CtrlerClient>,
+    groups: Arc<GroupCaller>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut tick = tokio::time::interval(POLL_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shutdown.changed() => return,
+        }
+        if *shutdown.borrow() {
+            return;
+        }
+        if !node.status().is_leader() {
+            continue;
+        }
+        let view = node.read_local(|sm| sm.migration_view());
+        if view.settled {
+            next_config(&node, &ctrler, view.config_num).await;
+            continue;
+        }
+        let deadline = Instant::now() + ROUND_TIMEOUT;
+        let pulls = view
+            .pulling
+            .into_iter()
+            .map(|(shard, from, servers, cursor)| {
+                pull(
+                    &node,
+                    &groups,
+                    view.config_num,
+                    shard,
+                    from,
+                    servers,
+                    cursor,
+                    deadline,
+                )
+            });
+        let gcs = view.collecting.into_iter().map(|(shard, from, servers)| {
+            collect(
+                &node,
+                &groups,
+                view.config_num,
+                shard,
+                from,
+                servers,
+                deadline,
+            )
+        });
+        // Shards move concurrently; each pull is sequential in key order.
+        tokio::join!(join_all(pulls), join_all(gcs));
+    }
+}
+
+/// Proposes the configuration after `current`, if the controller has it.
+async fn next_config(node: &RaftNode<ShardKvState>, ctrler: &CtrlerClient, current: u64) {
+    let next = match ctrler.query(Some(current + 1)).await {
+        Ok(c) if c.num == current + 1 => c,
+        Ok(_) => return,
+        Err(e) => {
+            tracing::debug!(error = %e, "controller query failed");
+            return;
+        }
+    };
+    tracing::info!(config = next.num, "moving to the next configuration");
+    if let Err(e) = propose(node, pb::command::Cmd::NextConfig(config_to_pb(&next))).await {
+        tracing::debug!(error = %e, "next configuration not applied");
+    }
+}
+
+/// Pulls the rest of `shard` from group `from`, chunk by chunk, installing each through the log.
+#[allow(clippy::too_many_arguments)]
+async fn pull(
+    node: &RaftNode<ShardKvState>,
+    groups: &GroupCaller,
+    config_num: u64,
+    shard: u64,
+    from: u64,
+    servers: Vec<String>,
+    mut cursor: Option<bytes::Bytes>,
+    deadline: Instant,
+) {
+    while Instant::now() < deadline {
+        let req = pb::PullShardRequest {
+            config_num,
+            shard,
+            after_key: cursor.clone(),
+            max_bytes: MAX_CHUNK_BYTES as u64,
+        };
+        let reply = match groups
+            .call(from, &servers, deadline, |mut c| {
+                let req = req.clone();
+                async move { c.pull_shard(req).await }
+            })
+            .await
+        {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::debug!(shard, from, error = %e, "pull failed; will retry");
+                return;
+            }
+        };
+        let last = reply.entries.last().map(|kv| kv.key.clone());
+        let done = reply.done;
+        let chunk = pb::InsertChunk {
+            config_num,
+            shard,
+            entries: reply.entries,
+            done,
+            sessions: reply.sessions,
+            after_key: cursor.clone(),
+        };
+        if let Err(e) = propose(node, pb::command::Cmd::InsertChunk(chunk)).await {
+            tracing::debug!(shard, error = %e, "chunk not installed; will retry");
+            return;
+        }
+        if done {
+            tracing::info!(shard, from, config = config_num, "shard installed");
+            return;
+        }
+        cursor = last.or(cursor);
+    }
+}
+
+/// Tells group `from` to delete its copy of `shard`, then marks the shard fully ours.
+async fn collect(
+    node: &RaftNode<ShardKvState>,
+    groups: &GroupCaller,
+    config_num: u64,
+    shard: u64,
+    from: u64,
+    servers: Vec<String>,
+    deadline: Instant,
+) {
+    let req = pb::DeleteShardRequest { config_num, shard };
+    if let Err(e) = groups
+        .call(from, &servers, deadline, |mut c| async move {
+            c.delete_shard(req).await
+        })
+        .await
+    {
+        tracing::debug!(shard, from, error = %e, "delete at the previous owner failed; will retry");
+        return;
+    }
+    let done = pb::ShardDone { config_num, shard };
+    if let Err(e) = propose(node, pb::command::Cmd::ShardDone(done)).await {
+        tracing::debug!(shard, error = %e, "shard not marked done; will retry");
+    }
+}

@@ -1,0 +1,256 @@
+//! The `ShardKv` gRPC service of one group member: client reads and writes, status, and the
+//! group-to-group migration calls. Typed outcomes become gRPC statuses here, at the edge
+//! (see `quorumkv_common::rpc`).
+
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use prost::Message;
+use quorumkv_common::rpc::{to_status, ErrorKind};
+use quorumkv_proto::shardkv as pb;
+use quorumkv_proto::shardkv::shard_kv_server::{ShardKv, ShardKvServer};
+use quorumkv_raft_core::{RaftError, RaftNode};
+use tonic::{Request, Response, Status};
+
+use crate::state::{decode_outcome, Refusal, ShardKvState, MAX_KEY_BYTES, MAX_VALUE_BYTES};
+
+/// Upper bound of one migration chunk's keys and values, in bytes (well under the Raft
+/// command limit, since the chunk becomes one log entry on the receiving group).
+pub const MAX_CHUNK_BYTES: usize = 512 * 1024;
+
+pub(crate) fn refusal_status(r: Refusal) -> Status {
+    match r {
+        Refusal::WrongGroup => to_status(
+            ErrorKind::WrongGroup,
+            "this group does not serve the key's shard in its configuration",
+        ),
+        Refusal::NotReady(m) => to_status(ErrorKind::RetryLater, m),
+        Refusal::Invalid(m) => to_status(ErrorKind::InvalidArgument, m),
+    }
+}
+
+pub(crate) fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+fn check_key(key: &[u8]) -> Result<(), Status> {
+    if key.len() > MAX_KEY_BYTES {
+        return Err(to_status(
+            ErrorKind::InvalidArgument,
+            format!(
+                "key of {} bytes exceeds the limit of {MAX_KEY_BYTES}",
+                key.len()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Proposes `cmd` and turns the applied outcome into a reply.
+pub(crate) async fn propose(
+    node: &RaftNode<ShardKvState>,
+    cmd: pb::command::Cmd,
+) -> Result<(), Status> {
+    let bytes = pb::Command { cmd: Some(cmd) }.encode_to_vec();
+    let out = node.propose(bytes).await.map_err(Status::from)?;
+    decode_outcome(&out).map_err(refusal_status)
+}
+
+/// The service of one member of group `gid`.
+pub struct KvService {
+    node: Arc<RaftNode<ShardKvState>>,
+}
+
+impl KvService {
+    pub fn new(node: Arc<RaftNode<ShardKvState>>) -> Self {
+        KvService { node }
+    }
+
+    pub fn into_server(self) -> ShardKvServer<Self> {
+        let limit = quorumkv_shardkv_client::MAX_MESSAGE_BYTES;
+        ShardKvServer::new(self)
+            .max_decoding_message_size(limit)
+            .max_encoding_message_size(limit)
+    }
+
+    async fn write(
+        &self,
+        op: pb::WriteOp,
+        key: Bytes,
+        value: Bytes,
+        id: Option<pb::RequestId>,
+    ) -> Result<Response<pb::WriteReply>, Status> {
+        check_key(&key)?;
+        if value.len() > MAX_VALUE_BYTES {
+            return Err(to_status(
+                ErrorKind::InvalidArgument,
+                format!(
+                    "value of {} bytes exceeds the limit of {MAX_VALUE_BYTES}",
+                    value.len()
+                ),
+            ));
+        }
+        if id.is_none() {
+            return Err(to_status(ErrorKind::InvalidArgument, "missing request id"));
+        }
+        let write = pb::ClientWrite {
+            key,
+            value,
+            op: op as i32,
+            id,
+            now_ms: now_ms(),
+        };
+        propose(&self.node, pb::command::Cmd::Write(write)).await?;
+        Ok(Response::new(pb::WriteReply {}))
+    }
+}
+
+fn not_leader(node: &RaftNode<ShardKvState>) -> Status {
+    let s = node.status();
+    Status::from(RaftError::NotLeader {
+        leader_id: s.leader_id,
+        leader_addr: s.leader_addr().map(str::to_string),
+    })
+}
+
+#[tonic::async_trait]
+impl ShardKv for KvService {
+    async fn get(&self, req: Request<pb::GetRequest>) -> Result<Response<pb::GetReply>, Status> {
+        let req = req.into_inner();
+        check_key(&req.key)?;
+        let key = req.key;
+        let result = self
+            .node
+            .read(|sm| sm.get(&key))
+            .await
+            .map_err(Status::from)?;
+        match result {
+            Ok(Some(value)) => Ok(Response::new(pb::GetReply { found: true, value })),
+            Ok(None) => Ok(Response::new(pb::GetReply {
+                found: false,
+                value: Bytes::new(),
+            })),
+            Err(r) => Err(refusal_status(r)),
+        }
+    }
+
+    async fn put(&self, req: Request<pb::PutRequest>) -> Result<Response<pb::WriteReply>, Status> {
+        let r = req.into_inner();
+        self.write(pb::WriteOp::Put, r.key, r.value, r.id).await
+    }
+
+    async fn append(
+        &self,
+        req: Request<pb::PutRequest>,
+    ) -> Result<Response<pb::WriteReply>, Status> {
+        let r = req.into_inner();
+        self.write(pb::WriteOp::Append, r.key, r.value, r.id).await
+    }
+
+    async fn delete(
+        &self,
+        req: Request<pb::DeleteRequest>,
+    ) -> Result<Response<pb::WriteReply>, Status> {
+        let r = req.into_inner();
+        self.write(pb::WriteOp::Delete, r.key, Bytes::new(), r.id)
+            .await
+    }
+
+    async fn status(
+        &self,
+        _req: Request<pb::StatusRequest>,
+    ) -> Result<Response<pb::StatusReply>, Status> {
+        let st = self.node.status();
+        let reply = self.node.read_local(|sm| pb::StatusReply {
+            gid: sm.gid(),
+            node_id: st.id,
+            role: st.role.to_string(),
+            term: st.term,
+            leader_id: st.leader_id.unwrap_or(0),
+            commit_index: st.commit_index,
+            applied_index: st.applied_index,
+            snapshot_index: st.snapshot_index,
+            members: st
+                .members
+                .iter()
+                .map(|(id, addr)| pb::Member {
+                    id: *id,
+                    addr: addr.clone(),
+                    role: if st.learners.contains(id) {
+                        "learner"
+                    } else {
+                        "voter"
+                    }
+                    .into(),
+                })
+                .collect(),
+            config_num: sm.config().num,
+            shards: sm
+                .shards()
+                .iter()
+                .map(|(id, s)| pb::ShardStatus {
+                    shard: *id,
+                    state: s.state.name().into(),
+                    keys: s.data.len() as u64,
+                    bytes: s.bytes,
+                })
+                .collect(),
+            sessions: sm.session_count() as u64,
+        });
+        Ok(Response::new(reply))
+    }
+
+    async fn pull_shard(
+        &self,
+        req: Request<pb::PullShardRequest>,
+    ) -> Result<Response<pb::PullShardReply>, Status> {
+        let req = req.into_inner();
+        if !self.node.status().is_leader() {
+            return Err(not_leader(&self.node));
+        }
+        let max = (req.max_bytes as usize).clamp(1, MAX_CHUNK_BYTES);
+        let chunk = self
+            .node
+            .read(|sm| sm.pull_chunk(req.config_num, req.shard, req.after_key.as_deref(), max))
+            .await
+            .map_err(Status::from)?
+            .map_err(refusal_status)?;
+        Ok(Response::new(pb::PullShardReply {
+            entries: chunk
+                .entries
+                .into_iter()
+                .map(|(key, value)| pb::KeyValue { key, value })
+                .collect(),
+            done: chunk.done,
+            sessions: chunk
+                .sessions
+                .into_iter()
+                .map(|(client_id, s)| pb::Session {
+                    client_id,
+                    seq: s.seq,
+                    last_ms: s.last_ms,
+                })
+                .collect(),
+        }))
+    }
+
+    async fn delete_shard(
+        &self,
+        req: Request<pb::DeleteShardRequest>,
+    ) -> Result<Response<pb::DeleteShardReply>, Status> {
+        let req = req.into_inner();
+        propose(
+            &self.node,
+            pb::command::Cmd::ShardDone(pb::ShardDone {
+                config_num: req.config_num,
+                shard: req.shard,
+            }),
+        )
+        .await?;
+        Ok(Response::new(pb::DeleteShardReply {}))
+    }
+}

@@ -1,0 +1,112 @@
+//! One shard held by a group: its data, its exactly-once sessions, and its migration state.
+
+use std::collections::BTreeMap;
+
+use bytes::Bytes;
+
+/// Where a shard held by this group stands. Every change is one of the named transitions
+/// below, applied through the group's Raft log, so all replicas agree on it.
+///
+/// ```text
+///            (config gives us the shard; previous owner g)          (config takes it away)
+///   absent ──────────────────────────────▶ Pulling{g} ─chunks─▶ Collecting{g} ─done─▶ Serving
+///   absent ──(previous owner: none)──▶ Serving ────────────────────▶ HandingOff{to} ─done─▶ absent
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ShardState {
+    /// Owned and complete: serves reads and writes.
+    Serving,
+    /// Owned in the current configuration but still being copied from `from`, the owner in
+    /// the previous configuration; `cursor` is the last key installed. Not served yet.
+    Pulling { from: u64, cursor: Option<Bytes> },
+    /// Owned, complete and served, but `from` has not yet confirmed it deleted its copy.
+    Collecting { from: u64 },
+    /// No longer owned: frozen (not served) until `to` has installed it, then deleted.
+    HandingOff { to: u64 },
+}
+
+impl ShardState {
+    /// Whether client requests may be served from this shard.
+    pub fn serves(&self) -> bool {
+        matches!(self, ShardState::Serving | ShardState::Collecting { .. })
+    }
+
+    /// The name used in status output and snapshots.
+    pub fn name(&self) -> &'static str {
+        match self {
+            ShardState::Serving => "serving",
+            ShardState::Pulling { .. } => "pulling",
+            ShardState::Collecting { .. } => "collecting",
+            ShardState::HandingOff { .. } => "handing-off",
+        }
+    }
+
+    /// The other group of a migration, 0 when serving.
+    pub fn peer_gid(&self) -> u64 {
+        match self {
+            ShardState::Serving => 0,
+            ShardState::Pulling { from, .. } | ShardState::Collecting { from } => *from,
+            ShardState::HandingOff { to } => *to,
+        }
+    }
+}
+
+/// Exactly-once memory of one client within one shard.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Session {
+    /// Highest sequence number applied for the client in this shard.
+    pub seq: u64,
+    /// Proposer timestamp of that write; drives expiry.
+    pub last_ms: u64,
+}
+
+/// A shard's contents.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Shard {
+    pub state: ShardState,
+    pub data: BTreeMap<Bytes, Bytes>,
+    pub sessions: BTreeMap<u64, Session>,
+    /// Sum of key and value lengths, maintained on every change (status without a scan).
+    pub bytes: u64,
+}
+
+impl Shard {
+    pub fn new(state: ShardState) -> Self {
+        Shard {
+            state,
+            data: BTreeMap::new(),
+            sessions: BTreeMap::new(),
+            bytes: 0,
+        }
+    }
+
+    pub fn put(&mut self, key: Bytes, value: Bytes) {
+        let add = (key.len() + value.len()) as u64;
+        if let Some(old) = self.data.insert(key.clone(), value) {
+            self.bytes -= (key.len() + old.len()) as u64;
+        }
+        self.bytes += add;
+    }
+
+    pub fn remove(&mut self, key: &[u8]) {
+        if let Some((k, v)) = self.data.remove_entry(key) {
+            self.bytes -= (k.len() + v.len()) as u64;
+        }
+    }
+
+    /// Records that `seq` from `client` applied at `now_ms`.
+    pub fn record(&mut self, client: u64, seq: u64, now_ms: u64) {
+        self.sessions.insert(
+            client,
+            Session {
+                seq,
+                last_ms: now_ms,
+            },
+        );
+    }
+
+    /// Whether `seq` from `client` was already applied here.
+    pub fn is_duplicate(&self, client: u64, seq: u64) -> bool {
+        self.sessions.get(&client).is_some_and(|s| seq <= s.seq)
+    }
+}

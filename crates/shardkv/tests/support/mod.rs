@@ -1,0 +1,318 @@
+//! A whole QuorumKV cluster in one test process: a 3-member shard controller and replica
+//! groups of 3 members, all on 127.0.0.1 over mutual TLS, each group's Raft traffic through a
+//! shared fault-injecting network.
+
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use quorumkv_raft_core::{NodeConfig, Status, Transport};
+use quorumkv_shardctrler::{CtrlerMember, MemberOptions};
+use quorumkv_shardctrler_client::CtrlerClient;
+use quorumkv_shardkv::{KvMember, KvMemberOptions, ShardKvState};
+use quorumkv_shardkv_client::KvClient;
+use quorumkv_testkit::certs::TestPki;
+use quorumkv_testkit::net::FaultyTransport;
+use quorumkv_testkit::FaultNet;
+use tokio::net::TcpListener;
+
+pub const WAIT: Duration = Duration::from_secs(30);
+pub const SHARDS: usize = 10;
+
+/// Test knobs.
+#[derive(Clone, Copy)]
+pub struct Opts {
+    /// Snapshot after this many bytes of log (small to exercise snapshots).
+    pub snapshot_log_bytes: u64,
+}
+
+impl Default for Opts {
+    fn default() -> Self {
+        Opts {
+            snapshot_log_bytes: 1 << 20,
+        }
+    }
+}
+
+struct Group {
+    addrs: BTreeMap<u64, String>,
+    members: BTreeMap<u64, KvMember>,
+}
+
+pub struct Cluster {
+    pub pki: TestPki,
+    pub net: Arc<FaultNet>,
+    dir: tempfile::TempDir,
+    opts: Opts,
+    ctrl_addrs: Vec<String>,
+    ctrl: Vec<CtrlerMember>,
+    groups: BTreeMap<u64, Group>,
+}
+
+fn free_listener() -> std::net::TcpListener {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap()
+}
+
+fn to_tokio(l: std::net::TcpListener) -> TcpListener {
+    l.set_nonblocking(true).unwrap();
+    TcpListener::from_std(l).unwrap()
+}
+
+async fn rebind(addr: &str) -> TcpListener {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match TcpListener::bind(addr).await {
+            Ok(l) => return l,
+            Err(e) if Instant::now() < deadline => {
+                tracing::debug!(error = %e, "rebind retry");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => panic!("cannot bind {addr} again: {e}"),
+        }
+    }
+}
+
+fn fast(cfg: &mut NodeConfig, opts: &Opts) {
+    cfg.tick_interval = Duration::from_millis(20);
+    cfg.request_timeout = Duration::from_secs(3);
+    cfg.snapshot_log_bytes = opts.snapshot_log_bytes;
+    cfg.keep_entries_after_snapshot = 50;
+}
+
+impl Cluster {
+    /// Starts the controller and groups `1..=groups` (not joined yet).
+    pub async fn start(groups: u64, opts: Opts) -> Self {
+        quorumkv_testkit::init_tracing();
+        let pki = TestPki::new();
+        let dir = tempfile::tempdir().unwrap();
+        let listeners: Vec<_> = (0..3).map(|_| free_listener()).collect();
+        let ctrl_addrs: Vec<String> = listeners
+            .iter()
+            .map(|l| l.local_addr().unwrap().to_string())
+            .collect();
+        let members: Vec<(u64, String)> = (1..=3).zip(ctrl_addrs.iter().cloned()).collect();
+        let mut ctrl = Vec::new();
+        for (i, l) in listeners.into_iter().enumerate() {
+            let id = i as u64 + 1;
+            let mut raft = NodeConfig::new(id, 0, dir.path().join(format!("ctrl-{id}")));
+            raft.members = members.clone();
+            fast(&mut raft, &opts);
+            let m = CtrlerMember::start(
+                MemberOptions {
+                    raft,
+                    num_shards: SHARDS,
+                    tls: pki.node.clone(),
+                },
+                to_tokio(l),
+            )
+            .await
+            .unwrap();
+            ctrl.push(m);
+        }
+        let mut c = Cluster {
+            pki,
+            net: FaultNet::new(),
+            dir,
+            opts,
+            ctrl_addrs,
+            ctrl,
+            groups: BTreeMap::new(),
+        };
+        for gid in 1..=groups {
+            c.start_group(gid).await;
+        }
+        c
+    }
+
+    fn member_options(&self, gid: u64, id: u64) -> KvMemberOptions {
+        let g = &self.groups[&gid];
+        let mut raft = NodeConfig::new(id, gid, self.dir.path().join(format!("g{gid}-{id}")));
+        raft.members = g.addrs.iter().map(|(i, a)| (*i, a.clone())).collect();
+        fast(&mut raft, &self.opts);
+        let net = self.net.clone();
+        // Fault-injection ids are unique across groups: gid * 100 + member id.
+        let from = gid * 100 + id;
+        KvMemberOptions {
+            raft,
+            ctrlers: self.ctrl_addrs.clone(),
+            tls: self.pki.node.clone(),
+            wrap_transport: Some(Arc::new(move |t| {
+                Arc::new(FaultyTransport::new(
+                    from,
+                    t,
+                    net.clone(),
+                    tokio::runtime::Handle::current(),
+                )) as Arc<dyn Transport>
+            })),
+        }
+    }
+
+    /// Starts a new group of three members (not joined to the controller yet).
+    pub async fn start_group(&mut self, gid: u64) {
+        let listeners: Vec<_> = (0..3).map(|_| free_listener()).collect();
+        let addrs: BTreeMap<u64, String> = (1..=3)
+            .zip(
+                listeners
+                    .iter()
+                    .map(|l| l.local_addr().unwrap().to_string()),
+            )
+            .collect();
+        self.groups.insert(
+            gid,
+            Group {
+                addrs,
+                members: BTreeMap::new(),
+            },
+        );
+        for (i, l) in listeners.into_iter().enumerate() {
+            let id = i as u64 + 1;
+            let m = KvMember::start(self.member_options(gid, id), to_tokio(l))
+                .await
+                .unwrap();
+            self.groups.get_mut(&gid).unwrap().members.insert(id, m);
+        }
+    }
+
+    pub fn group_servers(&self, gid: u64) -> Vec<String> {
+        self.groups[&gid].addrs.values().cloned().collect()
+    }
+
+    pub fn ctrler(&self) -> CtrlerClient {
+        CtrlerClient::connect(self.ctrl_addrs.clone(), self.pki.node.clone()).unwrap()
+    }
+
+    pub fn client(&self) -> KvClient {
+        KvClient::connect(self.ctrl_addrs.clone(), self.pki.node.clone())
+            .unwrap()
+            .with_timeout(Duration::from_secs(20))
+    }
+
+    pub async fn join(&self, gids: &[u64]) -> u64 {
+        let groups = gids.iter().map(|g| (*g, self.group_servers(*g))).collect();
+        self.ctrler().join(groups).await.unwrap()
+    }
+
+    pub async fn leave(&self, gids: &[u64]) -> u64 {
+        self.ctrler().leave(gids.to_vec()).await.unwrap()
+    }
+
+    /// Stops one member of a group.
+    pub async fn stop_member(&mut self, gid: u64, id: u64) {
+        if let Some(m) = self.groups.get_mut(&gid).unwrap().members.remove(&id) {
+            m.shutdown().await;
+        }
+    }
+
+    pub async fn restart_member(&mut self, gid: u64, id: u64) {
+        let addr = self.groups[&gid].addrs[&id].clone();
+        let l = rebind(&addr).await;
+        let m = KvMember::start(self.member_options(gid, id), l)
+            .await
+            .unwrap();
+        self.groups.get_mut(&gid).unwrap().members.insert(id, m);
+    }
+
+    pub async fn stop_group(&mut self, gid: u64) {
+        for id in 1..=3 {
+            self.stop_member(gid, id).await;
+        }
+    }
+
+    pub async fn restart_group(&mut self, gid: u64) {
+        for id in 1..=3 {
+            self.restart_member(gid, id).await;
+        }
+    }
+
+    pub fn running(&self, gid: u64) -> Vec<u64> {
+        self.groups[&gid].members.keys().copied().collect()
+    }
+
+    pub fn status(&self, gid: u64, id: u64) -> Status {
+        self.groups[&gid].members[&id].node().status()
+    }
+
+    /// A copy of a member's state (local, for assertions).
+    pub fn state(&self, gid: u64, id: u64) -> ShardKvState {
+        self.groups[&gid].members[&id]
+            .node()
+            .read_local(|s| s.clone())
+    }
+
+    /// The leader of `gid` among its running members.
+    pub fn leader(&self, gid: u64) -> Option<u64> {
+        self.groups[&gid]
+            .members
+            .iter()
+            .find(|(_, m)| m.node().status().is_leader())
+            .map(|(id, _)| *id)
+    }
+
+    /// Waits until every running member of every listed group has reached configuration
+    /// `num` and holds only `Serving` shards (migrations and garbage collection finished).
+    pub async fn wait_settled(&self, gids: &[u64], num: u64) {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let done = gids.iter().all(|gid| {
+                self.groups[gid].members.values().all(|m| {
+                    m.node().read_local(|s| {
+                        s.config().num >= num
+                            && s.shards()
+                                .values()
+                                .all(|sh| sh.state == quorumkv_shardkv::shard::ShardState::Serving)
+                    })
+                })
+            });
+            if done {
+                return;
+            }
+            if Instant::now() > deadline {
+                let views: Vec<_> = gids
+                    .iter()
+                    .flat_map(|gid| {
+                        self.groups[gid].members.iter().map(move |(id, m)| {
+                            m.node().read_local(|s| {
+                                format!(
+                                    "g{gid}/{id}: config {} shards {:?}",
+                                    s.config().num,
+                                    s.shards()
+                                        .iter()
+                                        .map(|(k, v)| (*k, v.state.name()))
+                                        .collect::<Vec<_>>()
+                                )
+                            })
+                        })
+                    })
+                    .collect();
+                panic!("groups {gids:?} did not settle at config {num}: {views:#?}");
+            }
+            // Migration progress shows in no single watchable value; poll at a short,
+            // bounded interval.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Sum of the key+value bytes held by one running member of each group.
+    pub fn stored_bytes(&self) -> u64 {
+        self.groups
+            .values()
+            .filter_map(|g| g.members.values().next())
+            .map(|m| {
+                m.node()
+                    .read_local(|s| s.shards().values().map(|sh| sh.bytes).sum::<u64>())
+            })
+            .sum()
+    }
+
+    pub async fn shutdown(mut self) {
+        let gids: Vec<u64> = self.groups.keys().copied().collect();
+        for gid in gids {
+            self.stop_group(gid).await;
+        }
+        for m in std::mem::take(&mut self.ctrl) {
+            m.shutdown().await;
+        }
+    }
+}
