@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use quorumkv_common::TlsMaterial;
-use quorumkv_raft_core::{mailbox, Dialer, GrpcTransport, NodeConfig, RaftNode, RaftService};
+use quorumkv_raft_core::{NodeConfig, RaftNode};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -152,22 +152,13 @@ impl CtrlerMember {
         let sm = ControllerSm::new(num_shards).map_err(|e| cannot_start(e.to_string()))?;
         let local_addr = listener.local_addr().map_err(cannot_start)?;
 
-        let (mb, inbox) = mailbox(MAILBOX_CAPACITY);
-        let transport = GrpcTransport::new(
-            id,
-            CONTROLLER_GROUP_ID,
-            Dialer::new(tls.clone()),
-            mb.clone(),
-            tokio::runtime::Handle::current(),
-        );
-        let node = Arc::new(
-            RaftNode::start(raft, sm, Arc::new(transport), mb.clone(), inbox)
-                .map_err(cannot_start)?,
-        );
+        let (node, raft_service) =
+            RaftNode::start_grpc(raft, sm, tls.clone(), MAILBOX_CAPACITY).map_err(cannot_start)?;
+        let node = Arc::new(node);
         let server = tonic::transport::Server::builder()
             .tls_config(tls.server_config())
             .map_err(|e| cannot_start(format!("TLS configuration: {e}")))?
-            .add_service(RaftService::new(CONTROLLER_GROUP_ID, mb).into_server())
+            .add_service(raft_service.into_server())
             .add_service(CtrlerService::new(node.clone()).into_server());
         let (stop, stopped) = oneshot::channel::<()>();
         let span = tracing::info_span!("ctrler", node = id);

@@ -5,9 +5,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use quorumkv_raft_core::{
-    mailbox, Bootstrap, Dialer, GrpcTransport, NodeConfig, RaftError, RaftNode, RaftService, Status,
-};
+use quorumkv_raft_core::{Bootstrap, NodeConfig, RaftError, RaftNode, Status};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_stream::wrappers::TcpListenerStream;
@@ -114,27 +112,18 @@ impl TestCluster {
             }
             None => bind_again(&self.addrs[&id]).await,
         };
-        let (mb, inbox) = mailbox(65_536);
-        let rt = tokio::runtime::Handle::current();
-        let grpc = GrpcTransport::new(
-            id,
-            self.group_id,
-            Dialer::new(self.pki.node.clone()),
-            mb.clone(),
-            rt.clone(),
-        );
-        let transport = FaultyTransport::new(id, grpc, self.net.clone(), rt);
         let mut cfg = self.config(id);
         cfg.members = members;
         cfg.bootstrap = bootstrap;
-        let node = RaftNode::start(
+        let (net, rt) = (self.net.clone(), tokio::runtime::Handle::current());
+        let (node, raft_service) = RaftNode::start_grpc_wrapped(
             cfg,
             KvStateMachine::default(),
-            Arc::new(transport),
-            mb.clone(),
-            inbox,
+            self.pki.node.clone(),
+            65_536,
+            |grpc| Arc::new(FaultyTransport::new(id, grpc, net, rt)),
         )?;
-        let svc = RaftService::new(self.group_id, mb).into_server();
+        let svc = raft_service.into_server();
         let server = tonic::transport::Server::builder()
             .tls_config(self.pki.node.server_config())
             .expect("tls config")
