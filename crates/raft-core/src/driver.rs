@@ -469,8 +469,11 @@ impl<S: StateMachine> Driver<S> {
         if !rd.snapshot().is_empty() {
             self.install_snapshot(rd.snapshot().clone())?;
         }
-        // 3. Entries and hard state, durable with one sync.
-        self.raw.mut_store().append(rd.entries(), rd.hs())?;
+        // 3. Entries and hard state, durable with one sync when raft-rs requires it.
+        let must_sync = rd.must_sync();
+        self.raw
+            .mut_store()
+            .append(rd.entries(), rd.hs(), must_sync)?;
         // 4. Votes and append responses only after the sync.
         if !rd.persisted_messages().is_empty() {
             self.transport.send(rd.take_persisted_messages());

@@ -293,9 +293,18 @@ impl SledStorage {
         }
     }
 
-    /// Appends `entries` (replacing any conflicting suffix) and records `hs`, durably, with one
-    /// atomic batch and one sync. Raft may send the messages of this Ready only after this.
-    pub fn append(&mut self, entries: &[Entry], hs: Option<&HardState>) -> Result<()> {
+    /// Appends `entries` (replacing any conflicting suffix) and records `hs` with one atomic
+    /// batch. With `must_sync` (raft-rs's `Ready::must_sync`: new entries, or a new term or
+    /// vote) the batch is made durable before returning; Raft may send the Ready's messages
+    /// only after that. A hard state that only moves the commit index is written without a
+    /// sync: a lost commit index is recomputed from the log after a restart, so paying an
+    /// fsync for it would only add a round of disk latency to every proposal.
+    pub fn append(
+        &mut self,
+        entries: &[Entry],
+        hs: Option<&HardState>,
+        must_sync: bool,
+    ) -> Result<()> {
         if entries.is_empty() && hs.is_none() {
             return Ok(());
         }
@@ -325,7 +334,9 @@ impl SledStorage {
             self.hard_state.write_to_bytes().map_err(pb_err)?,
         );
         self.tree.apply_batch(batch).map_err(sled_err)?;
-        self.sync()?;
+        if must_sync || !entries.is_empty() {
+            self.sync()?;
+        }
         if let Some(last) = entries.last() {
             self.last_index = last.index;
         }
@@ -567,7 +578,7 @@ mod tests {
             )
             .unwrap();
             // A conflicting suffix from index 9 replaces 9..=10.
-            s.append(&[entry(9, 7)], None).unwrap();
+            s.append(&[entry(9, 7)], None, true).unwrap();
             assert_eq!(s.last_index(), 9);
             assert_eq!(Storage::term(&s, 9).unwrap(), 7);
             let mut meta = SnapshotMetadata::default();
@@ -612,8 +623,12 @@ mod tests {
     fn install_snapshot_replaces_the_log_atomically() {
         let dir = tempfile::tempdir().unwrap();
         let mut s = SledStorage::open(dir.path(), None, &members()).unwrap();
-        s.append(&(1..=3).map(|i| entry(i, 1)).collect::<Vec<_>>(), None)
-            .unwrap();
+        s.append(
+            &(1..=3).map(|i| entry(i, 1)).collect::<Vec<_>>(),
+            None,
+            true,
+        )
+        .unwrap();
         let mut snap = Snapshot::default();
         snap.mut_metadata().index = 10;
         snap.mut_metadata().term = 3;
