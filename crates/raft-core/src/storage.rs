@@ -572,11 +572,11 @@ mod tests {
             let mut hs = HardState::default();
             hs.term = 7;
             hs.commit = 8;
-            s.append(
-                &(6..=10).map(|i| entry(i, 6)).collect::<Vec<_>>(),
-                Some(&hs),
-            )
-            .unwrap();
+            let entries: Vec<_> = (6..=10).map(|i| entry(i, 6)).collect();
+            s.append(&entries, Some(&hs), true).unwrap();
+            // A commit-only hard state is recorded without a sync.
+            hs.commit = 9;
+            s.append(&[], Some(&hs), false).unwrap();
             // A conflicting suffix from index 9 replaces 9..=10.
             s.append(&[entry(9, 7)], None, true).unwrap();
             assert_eq!(s.last_index(), 9);
