@@ -1,0 +1,173 @@
+#!/usr/bin/env bash
+# Offline validation of the Kubernetes manifests in k8s/ (what CI runs). No cluster needed.
+#
+#   scripts/k8s-validate.sh
+#
+# 1. yamllint (config k8s/.yamllint) on every YAML file under k8s/;
+# 2. `sh -n` on the pod scripts (and shellcheck, when installed);
+# 3. renders the base and every overlay with `kubectl kustomize` (or a standalone `kustomize
+#    build`); with neither installed, validates the resource files as they are and says so
+#    (generated ConfigMaps and patches are then not checked);
+# 4. kubernetes-validate --strict against Kubernetes $K8S_VERSION (bundled schemas, no network):
+#    unknown or misspelled fields are errors;
+# 5. consistency checks kustomize cannot make: every StatefulSet has Parallel pod management, a
+#    headless Service of its own name with publishNotReadyAddresses, and a PodDisruptionBudget
+#    selecting exactly its pods; every ConfigMap and volume it names exists or is the TLS Secret.
+#
+# Python tools come from PyPI, pinned, in a venv under target/k8s-venv (created on first run,
+# then reused: later runs take a few seconds). Exits non-zero on any error.
+set -euo pipefail
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+K8S="$ROOT/k8s"
+VENV="$ROOT/target/k8s-venv"
+OUT="$ROOT/target/k8s-rendered"
+K8S_VERSION=${K8S_VERSION:-1.30.0}
+REQUIREMENTS=(kubernetes-validate==1.37.0 yamllint==1.38.0)
+
+step() { printf '\n== %s\n' "$*"; }
+
+# --- tools -------------------------------------------------------------------------------------
+stamp="$VENV/.qkv-requirements"
+if [ ! -x "$VENV/bin/python" ] || [ "$(cat "$stamp" 2>/dev/null)" != "${REQUIREMENTS[*]}" ]; then
+  step "installing ${REQUIREMENTS[*]} into ${VENV#"$ROOT"/}"
+  python3 -m venv "$VENV"
+  "$VENV/bin/pip" install --quiet --disable-pip-version-check "${REQUIREMENTS[@]}"
+  echo "${REQUIREMENTS[*]}" >"$stamp"
+fi
+PY="$VENV/bin/python"
+
+# --- 1. yamllint -------------------------------------------------------------------------------
+step "yamllint (k8s/.yamllint)"
+mapfile -t yaml_files < <(cd "$ROOT" && find k8s -type f \( -name '*.yaml' -o -name '*.yml' \) | sort)
+(cd "$ROOT" && "$VENV/bin/yamllint" -c k8s/.yamllint -f parsable "${yaml_files[@]}")
+echo "ok: ${#yaml_files[@]} files"
+
+# --- 2. pod scripts ----------------------------------------------------------------------------
+step "pod scripts (sh -n, and shellcheck when installed)"
+mapfile -t pod_scripts < <(find "$K8S" -type f -name '*.sh' | sort)
+for f in "${pod_scripts[@]}"; do
+  sh -n "$f"
+  if command -v shellcheck >/dev/null 2>&1; then shellcheck -s sh "$f"; fi
+  echo "ok: ${f#"$ROOT"/}"
+done
+command -v shellcheck >/dev/null 2>&1 || echo "(shellcheck not installed: syntax checked only)"
+
+# --- 3. render ---------------------------------------------------------------------------------
+# Every directory holding a kustomization that is meant to be deployed or is the base.
+targets=(base)
+for d in "$K8S"/overlays/*/; do targets+=("overlays/$(basename "$d")"); done
+
+renderer=""
+if command -v kubectl >/dev/null 2>&1 && kubectl kustomize --help >/dev/null 2>&1; then
+  renderer="kubectl kustomize"
+elif command -v kustomize >/dev/null 2>&1; then
+  renderer="kustomize build"
+fi
+
+rm -rf "$OUT"
+mkdir -p "$OUT"
+manifests=()
+if [ -n "$renderer" ]; then
+  step "rendering with $renderer"
+  for t in "${targets[@]}"; do
+    f="$OUT/${t//\//-}.yaml"
+    $renderer "$K8S/$t" >"$f"
+    manifests+=("$f")
+    echo "ok: k8s/$t -> ${f#"$ROOT"/} ($(grep -c '^kind:' "$f") resources)"
+  done
+else
+  step "no kustomize renderer (neither kubectl nor kustomize on PATH): validating the files as written"
+  echo "NOTE: overlays are NOT rendered: patches, generated ConfigMaps and name/label transforms"
+  echo "      are unchecked. Install kubectl (it renders offline) for the full check."
+  # Resource files only: documents with apiVersion and kind, other than kustomizations.
+  mapfile -t manifests < <("$PY" - "$K8S" <<'EOF'
+import pathlib, sys, yaml
+for p in sorted(pathlib.Path(sys.argv[1]).rglob("*.yaml")):
+    docs = [d for d in yaml.safe_load_all(p.read_text()) if d is not None]
+    if docs and all(isinstance(d, dict) and "apiVersion" in d and "kind" in d
+                    and d["kind"] not in ("Kustomization", "Component") for d in docs):
+        print(p)
+EOF
+  )
+  for f in "${manifests[@]}"; do echo "raw: ${f#"$ROOT"/}"; done
+fi
+
+# --- 4. schemas --------------------------------------------------------------------------------
+step "kubernetes-validate --strict -k $K8S_VERSION"
+"$VENV/bin/kubernetes-validate" --strict --quiet -k "$K8S_VERSION" "${manifests[@]}"
+for f in "${manifests[@]}"; do
+  echo "ok: ${f#"$ROOT"/} ($(grep -c '^kind:' "$f") resources)"
+done
+
+# --- 5. consistency ----------------------------------------------------------------------------
+if [ -n "$renderer" ]; then
+  step "consistency of the rendered manifests"
+  "$PY" - "${manifests[@]}" <<'EOF'
+import sys, yaml
+
+TLS_SECRET = "quorumkv-tls"  # created by scripts/k8s-create-tls-secret.sh, never rendered
+errors = 0
+
+def fail(where, msg):
+    global errors
+    errors += 1
+    print(f"ERROR {where}: {msg}")
+
+for path in sys.argv[1:]:
+    docs = [d for d in yaml.safe_load_all(open(path)) if d]
+    by_kind = {}
+    for d in docs:
+        by_kind.setdefault(d["kind"], {})[d["metadata"]["name"]] = d
+    services = by_kind.get("Service", {})
+    pdbs = by_kind.get("PodDisruptionBudget", {})
+    configmaps = set(by_kind.get("ConfigMap", {}))
+    name = path.rsplit("/", 1)[-1]
+    workloads = list(by_kind.get("StatefulSet", {}).values()) + list(by_kind.get("Job", {}).values())
+    for w in workloads:
+        where = f"{name} {w['kind']}/{w['metadata']['name']}"
+        pod = w["spec"]["template"]["spec"]
+        refs = [v["configMap"]["name"] for v in pod.get("volumes", []) if "configMap" in v]
+        for c in pod["containers"]:
+            refs += [e["configMapRef"]["name"] for e in c.get("envFrom", []) if "configMapRef" in e]
+        for r in refs:
+            if r not in configmaps:
+                fail(where, f"ConfigMap {r} is not in the manifests")
+        for v in pod.get("volumes", []):
+            if "secret" in v and v["secret"]["secretName"] != TLS_SECRET:
+                fail(where, f"unexpected Secret {v['secret']['secretName']}")
+        if w["kind"] != "StatefulSet":
+            continue
+        errors_before = errors
+        spec = w["spec"]
+        labels = spec["selector"]["matchLabels"]
+        if spec.get("podManagementPolicy") != "Parallel":
+            fail(where, "podManagementPolicy must be Parallel (OrderedReady deadlocks a full restart)")
+        svc = services.get(spec["serviceName"])
+        if svc is None:
+            fail(where, f"no Service {spec['serviceName']} (serviceName)")
+        else:
+            if svc["spec"].get("clusterIP") != "None" or not svc["spec"].get("publishNotReadyAddresses"):
+                fail(where, f"Service {spec['serviceName']} must be headless with publishNotReadyAddresses")
+            if svc["spec"].get("selector") != labels:
+                fail(where, f"Service {spec['serviceName']} selects {svc['spec'].get('selector')}, not {labels}")
+        if spec["serviceName"] != w["metadata"]["name"]:
+            fail(where, "the headless Service must be named like the StatefulSet (start.sh builds peer names so)")
+        if not any(p["spec"]["selector"].get("matchLabels") == labels for p in pdbs.values()):
+            fail(where, f"no PodDisruptionBudget selects exactly {labels}")
+        for term in pod["affinity"]["podAntiAffinity"].get("requiredDuringSchedulingIgnoredDuringExecution", []) + [
+            t["podAffinityTerm"] for t in pod["affinity"]["podAntiAffinity"].get("preferredDuringSchedulingIgnoredDuringExecution", [])
+        ]:
+            if term["labelSelector"].get("matchLabels") != labels:
+                fail(where, f"anti-affinity selects {term['labelSelector']}, not this group's pods {labels}")
+        if errors == errors_before:
+            print(f"ok: {name} StatefulSet/{w['metadata']['name']} "
+                  f"(replicas {spec['replicas']}, service {spec['serviceName']}, PDB, anti-affinity)")
+sys.exit(1 if errors else 0)
+EOF
+fi
+
+if [ -n "$renderer" ]; then
+  step "k8s manifests valid: ${targets[*]} rendered, Kubernetes $K8S_VERSION schemas"
+else
+  step "k8s resource files valid (overlays NOT rendered), Kubernetes $K8S_VERSION schemas"
+fi
