@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Runs QuorumKV's whole test suite: unit, property, cluster (real gRPC over mutual TLS on
-# loopback) and end-to-end tests of the real binaries. Needs only the Rust toolchain;
-# cargo-nextest is used when installed (it runs each test in its own process with a time
-# limit, see .config/nextest.toml), `cargo test` otherwise.
+# loopback) and end-to-end tests of the real binaries, then validates the Kubernetes manifests
+# offline. Needs the Rust toolchain and python3 (the manifest validators come from PyPI into
+# target/k8s-venv); cargo-nextest is used when installed (it runs each test in its own
+# process with a time limit, see .config/nextest.toml), `cargo test` otherwise.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -17,3 +18,5 @@ else
   echo "cargo-nextest not found; running cargo test" >&2
   cargo test --workspace "$@"
 fi
+
+scripts/k8s-validate.sh
