@@ -1,13 +1,18 @@
 #!/usr/bin/env bash
-# QuorumKV local demo cluster, as local processes with mutual TLS (no Docker needed).
+# QuorumKV local demo cluster, as local processes with mutual TLS (no Docker needed): a 3-node
+# shard controller and two 3-node replica groups (gid 1 and 2), joined and serving.
 #
-#   scripts/demo.sh up       build, generate certificates, start the cluster, wait until it
-#                            serves, write .demo/env; a no-op if it is already running
-#   scripts/demo.sh status   every node: pid, addresses, running or not
+#   scripts/demo.sh up       build, generate certificates, start the cluster, join the groups,
+#                            wait until it serves, write .demo/env; a no-op if it is running
+#   scripts/demo.sh status   every node: pid, addresses, running or not (and the groups' state)
 #   scripts/demo.sh down     stop every node (data is kept: `up` resumes it); a no-op if stopped
 #   scripts/demo.sh clean    stop and delete .demo entirely
 #
-# Then `. .demo/env` and the clients work with no flags.
+# Then `. .demo/env` and both clients (shardctrler-client, shardkv-client) work with no flags.
+#
+# Ports: controller 7101-7103, group 1 7201-7203, group 2 7301-7303 (gRPC); admin HTTP on
+# 8101.., 8201.., 8301... QKV_DEMO_CTRL_PORT / QKV_DEMO_ADMIN_PORT move the bases (groups are
+# at +100 per gid). QKV_DEMO_PROFILE=debug uses a debug build.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 DEMO="$ROOT/.demo"
@@ -15,22 +20,33 @@ PROFILE=${QKV_DEMO_PROFILE:-release}
 BIN="$ROOT/target/$PROFILE"
 CTRL_BASE_PORT=${QKV_DEMO_CTRL_PORT:-7101}
 ADMIN_BASE_PORT=${QKV_DEMO_ADMIN_PORT:-8101}
-CTRL_IDS=(1 2 3)
+IDS=(1 2 3)
+GIDS=(1 2)
+# Every wait is bounded by this many seconds.
+WAIT_SECS=60
 
-ctrl_port() { echo $((CTRL_BASE_PORT + $1 - 1)); }
-admin_port() { echo $((ADMIN_BASE_PORT + $1 - 1)); }
-ctrl_cluster() {
-  local out="" id
-  for id in "${CTRL_IDS[@]}"; do out+="${out:+,}$id=localhost:$(ctrl_port "$id")"; done
+# A node is `ctrl-ID` or `gGID-ID`; group GID's ports are the controller's plus 100 * GID.
+node_gid() { case $1 in ctrl-*) echo 0 ;; g*) local n=${1#g}; echo "${n%%-*}" ;; esac; }
+node_id() { echo "${1##*-}"; }
+grpc_port() { echo $((CTRL_BASE_PORT + 100 * $(node_gid "$1") + $(node_id "$1") - 1)); }
+admin_port() { echo $((ADMIN_BASE_PORT + 100 * $(node_gid "$1") + $(node_id "$1") - 1)); }
+group_nodes() { local id; for id in "${IDS[@]}"; do if [ "$1" = 0 ]; then echo "ctrl-$id"; else echo "g$1-$id"; fi; done; }
+all_nodes() { local gid; group_nodes 0; for gid in "${GIDS[@]}"; do group_nodes "$gid"; done; }
+# `id=localhost:port,...` of a group (0 = the controller).
+cluster_of() {
+  local out="" n
+  for n in $(group_nodes "$1"); do out+="${out:+,}$(node_id "$n")=localhost:$(grpc_port "$n")"; done
   echo "$out"
 }
-ctrl_addrs() {
-  local out="" id
-  for id in "${CTRL_IDS[@]}"; do out+="${out:+,}localhost:$(ctrl_port "$id")"; done
+# `localhost:port,...` of a group: what clients dial, and what the controller is told.
+addrs_of() {
+  local out="" n
+  for n in $(group_nodes "$1"); do out+="${out:+,}localhost:$(grpc_port "$n")"; done
   echo "$out"
 }
 
 pid_alive() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
+node_alive() { pid_alive "$DEMO/pids/$1.pid"; }
 
 running_count() {
   local n=0 f
@@ -45,23 +61,33 @@ build() {
   (cd "$ROOT" && cargo build "${flag[@]}" -p quorumkv-bin --bins)
 }
 
-start_ctrl() {
-  local id=$1 pidf="$DEMO/pids/ctrl-$1.pid"
-  if pid_alive "$pidf"; then return; fi
-  "$BIN/shardctrler-server" \
-    --id "$id" --cluster "$(ctrl_cluster)" \
-    --listen "127.0.0.1:$(ctrl_port "$id")" \
-    --admin-listen "127.0.0.1:$(admin_port "$id")" \
-    --data-dir "$DEMO/data/ctrl-$id" \
-    --tls-ca "$DEMO/certs/ca.pem" --tls-cert "$DEMO/certs/node.pem" --tls-key "$DEMO/certs/node-key.pem" \
-    >>"$DEMO/logs/ctrl-$id.log" 2>&1 &
+tls_flags() {
+  echo --tls-ca "$DEMO/certs/ca.pem" --tls-cert "$DEMO/certs/node.pem" --tls-key "$DEMO/certs/node-key.pem"
+}
+
+start_node() {
+  local node=$1 gid id pidf="$DEMO/pids/$1.pid"
+  if node_alive "$node"; then return; fi
+  gid=$(node_gid "$node")
+  id=$(node_id "$node")
+  # shellcheck disable=SC2046
+  if [ "$gid" = 0 ]; then
+    "$BIN/shardctrler-server" --id "$id" --cluster "$(cluster_of 0)" \
+      --listen "127.0.0.1:$(grpc_port "$node")" --admin-listen "127.0.0.1:$(admin_port "$node")" \
+      --data-dir "$DEMO/data/$node" $(tls_flags) >>"$DEMO/logs/$node.log" 2>&1 &
+  else
+    "$BIN/shardkv-server" --gid "$gid" --id "$id" --cluster "$(cluster_of "$gid")" \
+      --ctrlers "$(addrs_of 0)" \
+      --listen "127.0.0.1:$(grpc_port "$node")" --admin-listen "127.0.0.1:$(admin_port "$node")" \
+      --data-dir "$DEMO/data/$node" $(tls_flags) >>"$DEMO/logs/$node.log" 2>&1 &
+  fi
   echo $! >"$pidf"
 }
 
 write_env() {
   cat >"$DEMO/env" <<ENV
 # QuorumKV demo cluster: source this file (. .demo/env) to use the clients with no flags.
-export QKV_CTRLERS=$(ctrl_addrs)
+export QKV_CTRLERS=$(addrs_of 0)
 export QKV_TLS_CA=$DEMO/certs/ca.pem
 export QKV_TLS_CERT=$DEMO/certs/client.pem
 export QKV_TLS_KEY=$DEMO/certs/client-key.pem
@@ -69,41 +95,88 @@ export PATH=$BIN:\$PATH
 ENV
 }
 
-wait_serving() {
-  # Bounded: 60 s for the controller group to elect a leader and answer a linearizable query.
-  local deadline=$(( $(date +%s) + 60 ))
-  # shellcheck disable=SC1091
-  . "$DEMO/env"
-  until "$BIN/shardctrler-client" --timeout 2 query >/dev/null 2>&1; do
+# Runs "$@" every half second until it succeeds; fails after WAIT_SECS naming $1 (what).
+wait_until() {
+  local what=$1 deadline=$(($(date +%s) + WAIT_SECS))
+  shift
+  until "$@" >/dev/null 2>&1; do
     if [ "$(date +%s)" -ge "$deadline" ]; then
-      echo "the cluster did not start serving within 60 s; see $DEMO/logs/" >&2
+      echo "$what did not happen within $WAIT_SECS s; see $DEMO/logs/" >&2
       return 1
     fi
     sleep 0.5
   done
 }
 
+ctrl_serving() { "$BIN/shardctrler-client" --timeout 2 query; }
+
+# The gids the controller's latest configuration has (JSON keys are sorted, gids are numbers).
+joined_gids() {
+  local json
+  json=$("$BIN/shardctrler-client" --timeout 10 --json query) || return 1
+  { grep -o '"gid":[0-9]*' <<<"$json" || true; } | cut -d: -f2
+}
+
+all_joined() {
+  local gid joined
+  # shellcheck disable=SC1091
+  joined=$(. "$DEMO/env" && joined_gids) || return 1
+  for gid in "${GIDS[@]}"; do grep -qx "$gid" <<<"$joined" || return 1; done
+}
+
+join_groups() {
+  local gid joined missing=()
+  joined=$(joined_gids) || { echo "cannot query the controller; see $DEMO/logs/" >&2; return 1; }
+  for gid in "${GIDS[@]}"; do
+    grep -qx "$gid" <<<"$joined" || missing+=("$gid=$(addrs_of "$gid")")
+  done
+  if [ "${#missing[@]}" -gt 0 ]; then
+    echo "joining ${missing[*]}"
+    "$BIN/shardctrler-client" --timeout 20 join "${missing[@]}" >/dev/null
+  fi
+}
+
+kv_serving() {
+  "$BIN/shardkv-client" --timeout 2 put demo:probe ok &&
+    [ "$("$BIN/shardkv-client" --timeout 2 get demo:probe)" = ok ]
+}
+
 cmd_up() {
   mkdir -p "$DEMO/pids" "$DEMO/logs" "$DEMO/data"
-  if [ "$(running_count)" -eq "${#CTRL_IDS[@]}" ]; then
+  local total n
+  total=$(all_nodes | wc -l)
+  # Running and joined: nothing to do. (Running but not joined, e.g. after an interrupted
+  # `up`: carry on, every step below skips what is already done.)
+  if [ "$(running_count)" -eq "$total" ] && [ -f "$DEMO/env" ] && all_joined; then
     echo "demo cluster already running (scripts/demo.sh status)"
     return 0
   fi
   build
   "$BIN/quorumkv-certs" --out "$DEMO/certs" dev >/dev/null
-  for id in "${CTRL_IDS[@]}"; do start_ctrl "$id"; done
   write_env
+  # shellcheck disable=SC1091
+  . "$DEMO/env"
+  for n in $(group_nodes 0); do start_node "$n"; done
   echo "waiting for the controller group to serve..."
-  wait_serving
+  wait_until "the controller serving" ctrl_serving
+  for n in $(all_nodes); do start_node "$n"; done
+  join_groups
+  echo "waiting for the replica groups to serve..."
+  wait_until "a put and a get through shardkv-client" kv_serving
   cat <<MSG
 
-QuorumKV demo cluster is up: a 3-node shard controller on $(ctrl_addrs) (mutual TLS).
+QuorumKV demo cluster is up (mutual TLS): a 3-node shard controller on $(addrs_of 0)
+and two 3-node replica groups, 1 on $(addrs_of 1) and 2 on $(addrs_of 2).
 
   . .demo/env                                   # clients need no flags after this
-  shardctrler-client query                      # the current configuration
-  shardctrler-client join 1=a:7001,b:7001,c:7001
-  shardctrler-client move 0 1
-  shardctrler-client query --json
+  shardkv-client put greeting hello             # write a key
+  shardkv-client get greeting                   # prints hello (a missing key exits 1)
+  shardkv-client append greeting ", world"
+  shardkv-client delete greeting
+  shardkv-client status                         # every group: members, leader, shards
+  shardkv-client bench --clients 64 --duration 10
+  shardctrler-client query                      # which group owns which shard
+  shardctrler-client move 0 2                   # move shard 0 to group 2 (live migration)
   scripts/demo.sh status                        # every node
   scripts/demo.sh down                          # stop (data kept)
 
@@ -112,30 +185,44 @@ MSG
 }
 
 cmd_status() {
-  local id pidf state
-  printf '%-8s %-8s %-18s %-28s %s\n' NODE PID GRPC ADMIN STATE
-  for id in "${CTRL_IDS[@]}"; do
-    pidf="$DEMO/pids/ctrl-$id.pid"
-    state=stopped
-    pid_alive "$pidf" && state=running
-    printf '%-8s %-8s %-18s %-28s %s\n' "ctrl-$id" "$( [ -f "$pidf" ] && cat "$pidf" || echo -)" \
-      "localhost:$(ctrl_port "$id")" "http://127.0.0.1:$(admin_port "$id")" "$state"
+  local n pidf state pid
+  printf '%-8s %-8s %-16s %-38s %s\n' NODE PID GRPC ADMIN STATE
+  for n in $(all_nodes); do
+    pidf="$DEMO/pids/$n.pid"
+    state=stopped pid=-
+    if pid_alive "$pidf"; then state=running pid=$(cat "$pidf"); fi
+    printf '%-8s %-8s %-16s %-38s %s\n' "$n" "$pid" "localhost:$(grpc_port "$n")" \
+      "http://127.0.0.1:$(admin_port "$n")/health/ready" "$state"
   done
+  if [ "$(running_count)" -gt 0 ] && [ -f "$DEMO/env" ]; then
+    echo
+    # shellcheck disable=SC1091
+    . "$DEMO/env"
+    "$BIN/shardkv-client" --timeout 5 status || echo "(shardkv-client status failed: is the controller up?)"
+  fi
 }
 
 cmd_down() {
-  local f pid stopped=0
+  local f pids=() stopped=0 pid
   for f in "$DEMO"/pids/*.pid; do
     [ -e "$f" ] || continue
     if pid_alive "$f"; then
       pid=$(cat "$f")
       kill -TERM "$pid" 2>/dev/null || true
-      # Bounded wait for a graceful exit, then SIGKILL.
-      for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
-      kill -KILL "$pid" 2>/dev/null || true
-      stopped=$((stopped + 1))
+      pids+=("$pid")
     fi
     rm -f "$f"
+  done
+  # Bounded wait (10 s) for graceful exits, then SIGKILL what is left.
+  for _ in $(seq 1 50); do
+    local left=0
+    for pid in ${pids[@]+"${pids[@]}"}; do kill -0 "$pid" 2>/dev/null && left=1; done
+    [ "$left" -eq 0 ] && break
+    sleep 0.2
+  done
+  for pid in ${pids[@]+"${pids[@]}"}; do
+    kill -KILL "$pid" 2>/dev/null || true
+    stopped=$((stopped + 1))
   done
   if [ "$stopped" -eq 0 ]; then echo "demo cluster is not running"; else echo "stopped $stopped nodes (data kept in $DEMO/data)"; fi
 }

@@ -1,10 +1,13 @@
-//! Helpers shared by the QuorumKV binaries (and only by them): logging setup and the TLS
-//! flags every server and client takes. Libraries never read argv or env and never install a
-//! tracing subscriber; the binaries do it here, once.
+//! Helpers shared by the QuorumKV binaries (and only by them): logging setup, the TLS flags
+//! every server and client takes, and what every server does the same way (the optional
+//! `--config` TOML file, socket flags, the shutdown signal, the admin HTTP endpoint).
+//! Libraries never read argv or env and never install a tracing subscriber; the binaries do it
+//! here, once.
 
-use std::path::PathBuf;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 
-use anyhow::Context;
+use anyhow::{bail, Context};
 use quorumkv_common::{TlsFiles, TlsMaterial};
 
 /// Log output format.
@@ -72,5 +75,136 @@ impl TlsArgs {
             key: self.key.clone(),
         }
         .load()?)
+    }
+}
+
+/// Parses an `ip:port` flag value, naming the flag when it is not one.
+pub fn parse_socket(s: &str, flag: &str) -> anyhow::Result<SocketAddr> {
+    s.parse()
+        .map_err(|_| anyhow::anyhow!("{flag} {s:?}: expected ip:port, e.g. 0.0.0.0:7100"))
+}
+
+/// Parses the process's arguments into `A`, taking defaults from the optional TOML file named by
+/// `--config FILE` (or `QKV_CONFIG`): every key of the file is the default of the flag with the
+/// same long name (`data-dir = "/var/lib/qkv"`; `_` works for `-`), so that clap's own precedence
+/// (flag, then environment, then default) gives "flags and the environment override the file".
+/// Bad flags exit with clap's usage error (status 2); a bad file is an error.
+pub fn parse_args_with_config<A: clap::Parser>() -> anyhow::Result<A> {
+    let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let mut cmd = A::command();
+    if let Some(path) = config_path(&argv) {
+        cmd = apply_config_file(cmd, &path)?;
+    }
+    let matches = cmd.get_matches_from(argv);
+    Ok(A::from_arg_matches(&matches).unwrap_or_else(|e| e.exit()))
+}
+
+/// Where the config file is: `--config FILE`, `--config=FILE` or `QKV_CONFIG`. Looked up
+/// before clap runs, because the file supplies clap's defaults.
+fn config_path(argv: &[std::ffi::OsString]) -> Option<PathBuf> {
+    let mut it = argv.iter().skip(1);
+    while let Some(a) = it.next() {
+        let a = a.to_string_lossy();
+        if a == "--" {
+            break;
+        }
+        if a == "--config" {
+            return it.next().map(PathBuf::from);
+        }
+        if let Some(v) = a.strip_prefix("--config=") {
+            return Some(PathBuf::from(v));
+        }
+    }
+    std::env::var_os("QKV_CONFIG").map(PathBuf::from)
+}
+
+fn apply_config_file(mut cmd: clap::Command, path: &Path) -> anyhow::Result<clap::Command> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("--config {}", path.display()))?;
+    let table: toml::Table = toml::from_str(&text)
+        .map_err(|e| anyhow::anyhow!("--config {}: {}", path.display(), e.message()))?;
+    for (key, value) in table {
+        let long = key.replace('_', "-");
+        let id = cmd
+            .get_arguments()
+            .find(|a| a.get_long() == Some(long.as_str()) && long != "config")
+            .map(|a| a.get_id().clone())
+            .with_context(|| format!("--config {}: unknown key {key:?}", path.display()))?;
+        let value = match value {
+            toml::Value::String(s) => s,
+            toml::Value::Integer(i) => i.to_string(),
+            toml::Value::Boolean(b) => b.to_string(),
+            other => bail!(
+                "--config {}: key {key:?} must be a string, an integer or a boolean, not {}",
+                path.display(),
+                other.type_str()
+            ),
+        };
+        // clap keeps defaults as 'static strings; leaking a few bytes once at start-up is fine.
+        let value: &'static str = Box::leak(value.into_boxed_str());
+        cmd = cmd.mut_arg(id, |a| a.default_value(value).required(false));
+    }
+    Ok(cmd)
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot watch SIGTERM");
+                std::future::pending::<()>().await
+            }
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term => {}
+    }
+    tracing::info!("shutdown requested");
+}
+
+/// The plain-HTTP admin endpoint of a server (today only liveness: `GET /health/alive`
+/// answers 200 while the process runs). Stops when dropped.
+pub struct AdminServer {
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl AdminServer {
+    /// Binds `addr` and serves in the background.
+    pub async fn start(addr: SocketAddr) -> anyhow::Result<Self> {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen on --admin-listen {addr}"))?;
+        let app =
+            axum::Router::new().route("/health/alive", axum::routing::get(|| async { "ok\n" }));
+        tracing::info!(%addr, "admin endpoint serving");
+        let task = tokio::spawn(async move {
+            if let Err(e) = axum::serve(listener, app).await {
+                tracing::error!(error = %e, "admin server failed");
+            }
+        });
+        Ok(AdminServer { task })
+    }
+}
+
+impl Drop for AdminServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// The exit of a server's `main`: success, or the error as one line on stderr and status 1.
+pub fn exit_status(program: &str, result: anyhow::Result<()>) -> std::process::ExitCode {
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            let line = format!("{e:#}").replace('\n', " ");
+            eprintln!("{program}: error: {line}");
+            std::process::ExitCode::FAILURE
+        }
     }
 }

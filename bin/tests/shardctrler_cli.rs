@@ -2,38 +2,17 @@
 //! configured through a TOML file), driven by `shardctrler-client`. Every server is killed when
 //! the test ends, even when it fails.
 
-use std::io::{Read, Write};
+mod support;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use quorumkv_common::certs::{write_pem, Ca};
+use support::{free_port, http_get, ok, one_line_error, stderr_of, wait_exit, Servers};
 
 const SERVER: &str = env!("CARGO_BIN_EXE_shardctrler-server");
 const CLIENT: &str = env!("CARGO_BIN_EXE_shardctrler-client");
 const SHARDS: usize = 16;
-
-/// Kills the servers when dropped.
-struct Servers {
-    children: Vec<Option<Child>>,
-}
-
-impl Drop for Servers {
-    fn drop(&mut self) {
-        for c in self.children.iter_mut().flatten() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 struct Env {
     dir: tempfile::TempDir,
@@ -44,14 +23,7 @@ struct Env {
 impl Env {
     fn new() -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let certs = dir.path().join("certs");
-        let ca = Ca::generate("test-ca").unwrap();
-        std::fs::create_dir_all(&certs).unwrap();
-        std::fs::write(certs.join("ca.pem"), &ca.pem().cert).unwrap();
-        let node = ca
-            .issue("node", &["localhost".into(), "127.0.0.1".into()])
-            .unwrap();
-        write_pem(&certs, "node", &node).unwrap();
+        support::write_certs(dir.path());
         Env {
             dir,
             ports: (0..3).map(|_| free_port()).collect(),
@@ -60,7 +32,7 @@ impl Env {
     }
 
     fn cert(&self, name: &str) -> PathBuf {
-        self.dir.path().join("certs").join(name)
+        support::cert(self.dir.path(), name)
     }
 
     fn cluster(&self) -> String {
@@ -80,14 +52,7 @@ impl Env {
     }
 
     fn tls_args(&self) -> Vec<String> {
-        vec![
-            "--tls-ca".into(),
-            self.cert("ca.pem").display().to_string(),
-            "--tls-cert".into(),
-            self.cert("node.pem").display().to_string(),
-            "--tls-key".into(),
-            self.cert("node-key.pem").display().to_string(),
-        ]
+        support::tls_args(self.dir.path())
     }
 
     fn server_args(&self, id: usize, shards: usize) -> Vec<String> {
@@ -157,70 +122,6 @@ impl Env {
             .output()
             .expect("run shardctrler-client")
     }
-}
-
-fn ok(out: &Output) -> String {
-    assert!(
-        out.status.success(),
-        "exit {:?}, stderr: {}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout.clone()).unwrap()
-}
-
-/// stderr of a failed run: exactly one line.
-fn one_line_error(out: &Output, code: i32) -> String {
-    assert_eq!(out.status.code(), Some(code), "{out:?}");
-    let err = String::from_utf8_lossy(&out.stderr).trim_end().to_string();
-    assert!(
-        !err.is_empty() && !err.contains('\n'),
-        "not one line: {err:?}"
-    );
-    err
-}
-
-/// Waits (bounded) for a child to exit.
-fn wait_exit(child: &mut Child, within: Duration) -> std::process::ExitStatus {
-    let deadline = Instant::now() + within;
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            return status;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "process did not exit in {within:?}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-fn stderr_of(child: &mut Child) -> String {
-    let mut s = String::new();
-    child.stderr.take().unwrap().read_to_string(&mut s).unwrap();
-    s
-}
-
-fn http_get(port: u16, path: &str) -> String {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let mut stream = loop {
-        match std::net::TcpStream::connect(("127.0.0.1", port)) {
-            Ok(s) => break s,
-            Err(e) if Instant::now() < deadline => {
-                let _ = e;
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            Err(e) => panic!("admin endpoint: {e}"),
-        }
-    };
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut reply = String::new();
-    stream.read_to_string(&mut reply).unwrap();
-    reply
 }
 
 fn data_dir(env: &Env, id: usize) -> PathBuf {

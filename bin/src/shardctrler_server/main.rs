@@ -5,12 +5,15 @@
 //! until SIGINT or SIGTERM.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{bail, Context};
-use clap::{CommandFactory, FromArgMatches, Parser};
-use quorumkv_bin::{LogArgs, TlsArgs};
+use clap::Parser;
+use quorumkv_bin::{
+    exit_status, parse_args_with_config, parse_socket, shutdown_signal, AdminServer, LogArgs,
+    TlsArgs,
+};
 use quorumkv_common::{parse_members, Member, TlsMaterial};
 use quorumkv_raft_core::{Bootstrap, NodeConfig};
 use quorumkv_shardctrler::{MemberOptions, CONTROLLER_GROUP_ID, DEFAULT_SHARDS};
@@ -173,124 +176,19 @@ impl ServerConfig {
     }
 }
 
-fn parse_socket(s: &str, flag: &str) -> anyhow::Result<SocketAddr> {
-    s.parse()
-        .map_err(|_| anyhow::anyhow!("{flag} {s:?}: expected ip:port, e.g. 0.0.0.0:7100"))
-}
-
-/// Where the config file is: `--config FILE`, `--config=FILE` or `QKV_CONFIG`. Looked up
-/// before clap runs, because the file supplies clap's defaults.
-fn config_path(argv: &[std::ffi::OsString]) -> Option<PathBuf> {
-    let mut it = argv.iter().skip(1);
-    while let Some(a) = it.next() {
-        let a = a.to_string_lossy();
-        if a == "--" {
-            break;
-        }
-        if a == "--config" {
-            return it.next().map(PathBuf::from);
-        }
-        if let Some(v) = a.strip_prefix("--config=") {
-            return Some(PathBuf::from(v));
-        }
-    }
-    std::env::var_os("QKV_CONFIG").map(PathBuf::from)
-}
-
-/// Makes every key of the TOML file the default value of the flag of the same long name, so
-/// that clap's own precedence (flag, then environment, then default) gives "flags and the
-/// environment override the file".
-fn apply_config_file(mut cmd: clap::Command, path: &Path) -> anyhow::Result<clap::Command> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("--config {}", path.display()))?;
-    let table: toml::Table = toml::from_str(&text)
-        .map_err(|e| anyhow::anyhow!("--config {}: {}", path.display(), e.message()))?;
-    for (key, value) in table {
-        let long = key.replace('_', "-");
-        let id = cmd
-            .get_arguments()
-            .find(|a| a.get_long() == Some(long.as_str()) && long != "config")
-            .map(|a| a.get_id().clone())
-            .with_context(|| format!("--config {}: unknown key {key:?}", path.display()))?;
-        let value = match value {
-            toml::Value::String(s) => s,
-            toml::Value::Integer(i) => i.to_string(),
-            toml::Value::Boolean(b) => b.to_string(),
-            other => bail!(
-                "--config {}: key {key:?} must be a string, an integer or a boolean, not {}",
-                path.display(),
-                other.type_str()
-            ),
-        };
-        // clap keeps defaults as 'static strings; leaking a few bytes once at start-up is fine.
-        let value: &'static str = Box::leak(value.into_boxed_str());
-        cmd = cmd.mut_arg(id, |a| a.default_value(value).required(false));
-    }
-    Ok(cmd)
-}
-
-fn parse_args() -> anyhow::Result<Args> {
-    let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
-    let mut cmd = Args::command();
-    if let Some(path) = config_path(&argv) {
-        cmd = apply_config_file(cmd, &path)?;
-    }
-    let matches = cmd.get_matches_from(argv);
-    Ok(Args::from_arg_matches(&matches).unwrap_or_else(|e| e.exit()))
-}
-
-/// Resolves on SIGINT or SIGTERM.
-async fn shutdown_signal() {
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot watch SIGTERM");
-                std::future::pending::<()>().await
-            }
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term => {}
-    }
-    tracing::info!("shutdown requested");
-}
-
-/// Serves the admin endpoints (today only liveness) until the process ends.
-async fn serve_admin(listener: tokio::net::TcpListener) {
-    let app = axum::Router::new().route("/health/alive", axum::routing::get(|| async { "ok\n" }));
-    if let Err(e) = axum::serve(listener, app).await {
-        tracing::error!(error = %e, "admin server failed");
-    }
-}
-
 async fn run(cfg: ServerConfig) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(cfg.listen)
         .await
         .with_context(|| format!("cannot listen on {}", cfg.listen))?;
-    let admin = match cfg.admin_listen {
-        Some(addr) => {
-            let l = tokio::net::TcpListener::bind(addr)
-                .await
-                .with_context(|| format!("cannot listen on --admin-listen {addr}"))?;
-            tracing::info!(%addr, "admin endpoint serving");
-            Some(tokio::spawn(serve_admin(l)))
-        }
+    let _admin = match cfg.admin_listen {
+        Some(addr) => Some(AdminServer::start(addr).await?),
         None => None,
     };
-    let result =
-        quorumkv_shardctrler::serve(cfg.member_options(), listener, shutdown_signal()).await;
-    if let Some(a) = admin {
-        a.abort();
-    }
-    Ok(result?)
+    Ok(quorumkv_shardctrler::serve(cfg.member_options(), listener, shutdown_signal()).await?)
 }
 
 fn main() -> ExitCode {
-    let result = parse_args().and_then(|args| {
+    let result = parse_args_with_config::<Args>().and_then(|args| {
         let cfg = ServerConfig::validate(&args)?;
         args.log.init()?;
         tracing::info!(id = cfg.id, listen = %cfg.listen, data_dir = %cfg.data_dir.display(), shards = cfg.num_shards, "starting shard controller member");
@@ -300,12 +198,5 @@ fn main() -> ExitCode {
             .context("cannot start the async runtime")?
             .block_on(run(cfg))
     });
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            let line = format!("{e:#}").replace('\n', " ");
-            eprintln!("shardctrler-server: error: {line}");
-            ExitCode::FAILURE
-        }
-    }
+    exit_status("shardctrler-server", result)
 }

@@ -11,10 +11,14 @@
 //!   twice or out of order.
 //! - [`cluster`]: a Raft group of real members on 127.0.0.1, real gRPC over mutual TLS, with
 //!   stop/restart/add/remove of members and awaitable conditions (no fixed sleeps).
+//! - [`linearizability`]: a porcupine-style checker that decides, key by key, whether a
+//!   history of concurrent Get/Put/Append/Delete calls (timed-out writes included) is
+//!   linearizable, plus a thread-safe [`linearizability::History`] recorder for it.
 
 pub mod certs;
 pub mod cluster;
 pub mod kv;
+pub mod linearizability;
 pub mod mem;
 pub mod net;
 

@@ -1,0 +1,323 @@
+//! `shardkv-client`: a QuorumKV cluster from the command line (put, get, append, delete,
+//! status, bench), on top of the `quorumkv-shardkv-client` library.
+//!
+//! Exit status: 0 on success; 2 for bad arguments (as clap); 1 when a request fails (or `get`
+//! finds no such key, or `bench` had no successful operation). Errors are one line on stderr.
+
+mod bench;
+mod status;
+
+use std::io::Write;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{CommandFactory, Parser, Subcommand};
+use quorumkv_bin::TlsArgs;
+use quorumkv_shardkv_client::{KvClient, MAX_KEY_BYTES, MAX_VALUE_BYTES};
+
+const EXAMPLES: &str = "\
+Examples:
+  shardkv-client put user:1 alice
+  shardkv-client get user:1                 (prints alice)
+  shardkv-client append log:1 ,more
+  shardkv-client delete user:1
+  shardkv-client --hex put 00ff 0a0b0c      (binary key and value, given as hex)
+  shardkv-client status                     (every group: members, leader, shards)
+  shardkv-client --json status              (for scripts)
+  shardkv-client bench --clients 64 --duration 10 --read-ratio 0.9
+
+Exit status: 0 on success, 2 for bad arguments, 1 when the request fails (the reason is printed
+on one line), when `get` finds no such key (`not found` on stderr), or when `bench` completed no
+operation successfully.";
+
+/// Command-line client of a QuorumKV cluster.
+#[derive(Debug, Parser)]
+#[command(name = "shardkv-client", version, after_help = EXAMPLES)]
+struct Cli {
+    /// Shard controller members, `host:port,...` (any of them; the client learns from the
+    /// controller which group serves each key).
+    #[arg(
+        long,
+        env = "QKV_CTRLERS",
+        value_delimiter = ',',
+        required = true,
+        value_name = "HOST:PORT,..."
+    )]
+    ctrlers: Vec<String>,
+
+    #[command(flatten)]
+    tls: TlsArgs,
+
+    /// Print JSON instead of text (for scripts).
+    #[arg(long, env = "QKV_JSON", global = true)]
+    json: bool,
+
+    /// Give up on a request after this many seconds, retries included. A write that timed out
+    /// may still be applied: read to find out. In `bench`, the deadline of every operation.
+    #[arg(
+        long,
+        env = "QKV_TIMEOUT",
+        default_value_t = 10.0,
+        value_name = "SECS",
+        global = true
+    )]
+    timeout: f64,
+
+    /// Keys and values on the command line are hex (`00ff`), and `get` prints values as hex:
+    /// for binary data. Otherwise they are taken and printed as given (UTF-8).
+    #[arg(long, global = true)]
+    hex: bool,
+
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Set KEY to VALUE (prints nothing).
+    Put {
+        /// The key (at most 4 KiB).
+        key: String,
+        /// The value (at most 1 MiB).
+        value: String,
+    },
+    /// Print KEY's value followed by a newline; a missing key exits 1 with `not found`.
+    Get {
+        /// The key.
+        key: String,
+    },
+    /// Append VALUE to KEY's value; a missing key counts as empty (prints nothing).
+    Append {
+        /// The key (at most 4 KiB).
+        key: String,
+        /// The bytes to append (the resulting value at most 1 MiB).
+        value: String,
+    },
+    /// Remove KEY; removing a missing key succeeds too (prints nothing).
+    Delete {
+        /// The key.
+        key: String,
+    },
+    /// Show every replica group: members (id, address, role, reachable or not), leader, term,
+    /// applied index, configuration, and each shard it holds with its state, keys and bytes.
+    Status,
+    /// Load the cluster with concurrent clients and report throughput, latency percentiles
+    /// (from an HDR histogram, per operation) and errors by kind.
+    Bench(bench::BenchArgs),
+}
+
+/// `key`/`value` as bytes: UTF-8 as given, or decoded from hex with `--hex`.
+fn arg_bytes(s: &str, hex: bool, what: &str) -> Result<Vec<u8>, String> {
+    if !hex {
+        return Ok(s.as_bytes().to_vec());
+    }
+    if !s.len().is_multiple_of(2) {
+        return Err(format!("{what} {s:?} is not hex: odd number of digits"));
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| {
+            s.get(i..i + 2)
+                .and_then(|d| u8::from_str_radix(d, 16).ok())
+                .ok_or_else(|| format!("{what} {s:?} is not hex"))
+        })
+        .collect()
+}
+
+fn to_hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A `put`/`get`/... request with its arguments decoded and checked against the limits.
+enum Request {
+    Put(Vec<u8>, Vec<u8>),
+    Get(Vec<u8>),
+    Append(Vec<u8>, Vec<u8>),
+    Delete(Vec<u8>),
+}
+
+impl Request {
+    fn parse(cmd: &Cmd, hex: bool) -> Result<Option<Request>, String> {
+        let key = |k: &str| {
+            let k = arg_bytes(k, hex, "key")?;
+            if k.len() > MAX_KEY_BYTES {
+                return Err(format!(
+                    "key of {} bytes exceeds the limit of {MAX_KEY_BYTES}",
+                    k.len()
+                ));
+            }
+            Ok(k)
+        };
+        let value = |v: &str| {
+            let v = arg_bytes(v, hex, "value")?;
+            if v.len() > MAX_VALUE_BYTES {
+                return Err(format!(
+                    "value of {} bytes exceeds the limit of {MAX_VALUE_BYTES}",
+                    v.len()
+                ));
+            }
+            Ok(v)
+        };
+        Ok(Some(match cmd {
+            Cmd::Put { key: k, value: v } => Request::Put(key(k)?, value(v)?),
+            Cmd::Get { key: k } => Request::Get(key(k)?),
+            Cmd::Append { key: k, value: v } => Request::Append(key(k)?, value(v)?),
+            Cmd::Delete { key: k } => Request::Delete(key(k)?),
+            Cmd::Status | Cmd::Bench(_) => return Ok(None),
+        }))
+    }
+}
+
+/// Writes a command's output to stdout. A closed pipe (`| head`) is not an error.
+fn emit(text: &str) {
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_all(text.as_bytes()).and_then(|()| out.flush());
+}
+
+/// How a command failed: a request error (exit 1, one line) or an absent key.
+enum Failure {
+    Error(String),
+    NotFound,
+}
+
+impl From<quorumkv_shardkv_client::KvError> for Failure {
+    fn from(e: quorumkv_shardkv_client::KvError) -> Self {
+        Failure::Error(e.to_string())
+    }
+}
+
+async fn run_request(
+    req: Request,
+    mut client: KvClient,
+    json: bool,
+    hex: bool,
+) -> Result<(), Failure> {
+    match req {
+        Request::Put(k, v) => client.put(&k, &v).await?,
+        Request::Append(k, v) => client.append(&k, &v).await?,
+        Request::Delete(k) => client.delete(&k).await?,
+        Request::Get(k) => {
+            let value = client.get(&k).await?.ok_or(Failure::NotFound)?;
+            let mut out = std::io::stdout().lock();
+            let written = if json {
+                let v = if hex {
+                    to_hex(&value)
+                } else {
+                    String::from_utf8_lossy(&value).into_owned()
+                };
+                writeln!(out, "{}", serde_json::json!({ "value": v }))
+            } else if hex {
+                writeln!(out, "{}", to_hex(&value))
+            } else {
+                out.write_all(&value).and_then(|()| out.write_all(b"\n"))
+            };
+            written
+                .and_then(|()| out.flush())
+                .map_err(|e| Failure::Error(format!("cannot write the value: {e}")))?;
+        }
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let usage = |msg: String| -> ! {
+        Cli::command()
+            .error(clap::error::ErrorKind::ValueValidation, msg)
+            .exit()
+    };
+    if !(cli.timeout.is_finite() && cli.timeout > 0.0) {
+        usage(format!(
+            "--timeout {} must be a positive number of seconds",
+            cli.timeout
+        ));
+    }
+    let request = Request::parse(&cli.cmd, cli.hex).unwrap_or_else(|msg| usage(msg));
+    let bench = match &cli.cmd {
+        Cmd::Bench(args) => Some(args.validate().unwrap_or_else(|msg| usage(msg))),
+        _ => None,
+    };
+    let fail = |msg: String| {
+        eprintln!("shardkv-client: error: {}", msg.replace('\n', " "));
+        ExitCode::FAILURE
+    };
+    let tls = match cli.tls.load() {
+        Ok(t) => t,
+        Err(err) => return fail(format!("TLS files: {err:#}")),
+    };
+    let timeout = Duration::from_secs_f64(cli.timeout);
+    let client = match KvClient::connect(cli.ctrlers.clone(), tls) {
+        Ok(c) => c.with_timeout(timeout),
+        Err(err) => usage(format!("--ctrlers: {err}")),
+    };
+    // The bench drives many clients at once; the one-shot commands need a single thread.
+    let runtime = if bench.is_some() {
+        tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    };
+    let runtime = match runtime {
+        Ok(r) => r,
+        Err(err) => return fail(format!("cannot start the async runtime: {err}")),
+    };
+    let result = runtime.block_on(async {
+        if let Some(req) = request {
+            return run_request(req, client, cli.json, cli.hex).await;
+        }
+        if let Some(plan) = bench {
+            let report = bench::run(plan, client, timeout).await;
+            emit(&report.render(cli.json));
+            return if report.succeeded() == 0 {
+                Err(Failure::Error(
+                    "bench: no operation succeeded (the report lists the errors)".into(),
+                ))
+            } else {
+                Ok(())
+            };
+        }
+        let groups = client.status().await?;
+        let view = status::summarize(client.cached_config().num, groups);
+        emit(&status::render(&view, cli.json));
+        Ok(())
+    });
+    // Do not wait for connections or abandoned bench operations to wind down.
+    runtime.shutdown_background();
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Failure::NotFound) => {
+            eprintln!("not found");
+            ExitCode::FAILURE
+        }
+        Err(Failure::Error(msg)) => fail(msg),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decodes_hex_arguments() {
+        assert_eq!(arg_bytes("00ff0A", true, "key").unwrap(), vec![0, 255, 10]);
+        assert_eq!(arg_bytes("", true, "key").unwrap(), Vec::<u8>::new());
+        assert_eq!(arg_bytes("zz", false, "key").unwrap(), b"zz".to_vec());
+        for bad in ["0", "0g", "é0"] {
+            assert!(arg_bytes(bad, true, "key").is_err(), "{bad}");
+        }
+        assert_eq!(to_hex(&[0, 255, 10]), "00ff0a");
+    }
+
+    #[test]
+    fn refuses_oversized_keys_before_sending() {
+        let cmd = Cmd::Put {
+            key: "k".repeat(MAX_KEY_BYTES + 1),
+            value: "v".into(),
+        };
+        let err = Request::parse(&cmd, false).err().unwrap();
+        assert!(err.contains("exceeds the limit"), "{err}");
+    }
+}

@@ -1,0 +1,504 @@
+//! End to end with the real binaries over mutual TLS on loopback: a 3-member
+//! `shardctrler-server` group and two 3-member `shardkv-server` groups as processes, joined with
+//! `shardctrler-client`, used through `shardkv-client`; then load from library clients while the
+//! leader of group 1 is SIGKILLed and restarted from its data directory. No acknowledged write
+//! may be lost or applied twice. Every process is killed when the test ends, even when it fails.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use quorumkv_common::TlsFiles;
+use quorumkv_shardkv_client::{KvClient, KvError};
+use support::{free_port, ok, one_line_error, wait_for, Servers};
+
+const CTRL_SERVER: &str = env!("CARGO_BIN_EXE_shardctrler-server");
+const CTRL_CLIENT: &str = env!("CARGO_BIN_EXE_shardctrler-client");
+const KV_SERVER: &str = env!("CARGO_BIN_EXE_shardkv-server");
+const KV_CLIENT: &str = env!("CARGO_BIN_EXE_shardkv-client");
+const SHARDS: usize = 16;
+const GIDS: [u64; 2] = [1, 2];
+/// Bound of every wait for the cluster to reach a state.
+const WAIT: Duration = Duration::from_secs(20);
+
+/// A node: the controller is group 0.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct Node {
+    gid: u64,
+    id: u64,
+}
+
+/// The cluster's processes and files. Dropping it kills every process; when a test fails, the
+/// tail of every node's log is printed first.
+struct Cluster {
+    dir: tempfile::TempDir,
+    ports: BTreeMap<Node, u16>,
+    slots: BTreeMap<Node, usize>,
+    procs: Servers,
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            return;
+        }
+        for node in self.ports.keys() {
+            let log = std::fs::read_to_string(self.log(*node)).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(15).collect();
+            eprintln!("--- {node:?} (last lines of its log) ---");
+            for l in tail.iter().rev() {
+                eprintln!("{l}");
+            }
+        }
+    }
+}
+
+impl Cluster {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        support::write_certs(dir.path());
+        let mut ports = BTreeMap::new();
+        for gid in std::iter::once(0).chain(GIDS) {
+            for id in 1..=3 {
+                ports.insert(Node { gid, id }, free_port());
+            }
+        }
+        Cluster {
+            dir,
+            ports,
+            slots: BTreeMap::new(),
+            procs: Servers::default(),
+        }
+    }
+
+    fn log(&self, n: Node) -> PathBuf {
+        self.dir.path().join(format!("g{}-{}.log", n.gid, n.id))
+    }
+
+    fn addr(&self, n: Node) -> String {
+        format!("127.0.0.1:{}", self.ports[&n])
+    }
+
+    fn addrs(&self, gid: u64) -> String {
+        (1..=3)
+            .map(|id| self.addr(Node { gid, id }))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    fn cluster(&self, gid: u64) -> String {
+        (1..=3)
+            .map(|id| format!("{id}={}", self.addr(Node { gid, id })))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// Starts (or restarts, on the same port and data directory) one node.
+    fn start(&mut self, n: Node) {
+        let mut cmd = Command::new(if n.gid == 0 { CTRL_SERVER } else { KV_SERVER });
+        if n.gid != 0 {
+            cmd.args(["--gid", &n.gid.to_string(), "--ctrlers", &self.addrs(0)]);
+        } else {
+            cmd.args(["--shards", &SHARDS.to_string()]);
+        }
+        let data = self.dir.path().join(format!("data-g{}-{}", n.gid, n.id));
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log(n))
+            .unwrap();
+        let child = cmd
+            .args(["--id", &n.id.to_string(), "--cluster", &self.cluster(n.gid)])
+            .args(["--listen", &self.addr(n), "--log-level", "warn"])
+            .arg("--data-dir")
+            .arg(&data)
+            .args(support::tls_args(self.dir.path()))
+            .env_remove("QKV_CONFIG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start server");
+        match self.slots.get(&n) {
+            Some(&slot) => self.procs.children[slot] = Some(child),
+            None => {
+                self.slots.insert(n, self.procs.children.len());
+                self.procs.children.push(Some(child));
+            }
+        }
+    }
+
+    /// SIGKILL, no chance to flush or say goodbye.
+    fn kill(&mut self, n: Node) {
+        let mut child: Child = self.procs.children[self.slots[&n]].take().unwrap();
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+
+    fn tls_files(&self) -> TlsFiles {
+        TlsFiles {
+            ca: support::cert(self.dir.path(), "ca.pem"),
+            cert: support::cert(self.dir.path(), "node.pem"),
+            key: support::cert(self.dir.path(), "node-key.pem"),
+        }
+    }
+
+    fn run(&self, bin: &str, args: &[&str]) -> Output {
+        Command::new(bin)
+            .arg("--ctrlers")
+            .arg(self.addrs(0))
+            .args(support::tls_args(self.dir.path()))
+            .args(args)
+            .env_remove("QKV_JSON")
+            .env_remove("QKV_TIMEOUT")
+            .output()
+            .expect("run client")
+    }
+
+    fn kv(&self, args: &[&str]) -> Output {
+        self.run(KV_CLIENT, args)
+    }
+
+    fn status(&self) -> serde_json::Value {
+        serde_json::from_str(&ok(&self.kv(&["--timeout", "5", "--json", "status"]))).unwrap()
+    }
+
+    /// The group as `status --json` shows it.
+    fn group_status(&self, gid: u64) -> serde_json::Value {
+        self.status()["groups"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|g| g["gid"] == gid)
+            .cloned()
+            .unwrap_or_else(|| panic!("group {gid} missing from status"))
+    }
+}
+
+#[test]
+fn cli_and_library_clients_lose_no_acknowledged_write_when_a_leader_is_killed() {
+    let started = Instant::now();
+    quorumkv_common::tls::install_crypto_provider();
+    let mut c = Cluster::new();
+    let nodes: Vec<Node> = c.ports.keys().copied().collect();
+    for n in nodes {
+        c.start(n);
+    }
+
+    // Join both groups through the controller's CLI (it retries until the controller elects).
+    let joined = ok(&c.run(
+        CTRL_CLIENT,
+        &[
+            "--timeout",
+            "20",
+            "join",
+            &format!("1={}", c.addrs(1)),
+            &format!("2={}", c.addrs(2)),
+        ],
+    ));
+    assert_eq!(joined.trim(), "configuration 1");
+
+    // The KV CLI: writes print nothing; get prints the value; a missing key exits 1.
+    let kv = |args: &[&str]| {
+        let mut a = vec!["--timeout", "20"];
+        a.extend_from_slice(args);
+        c.kv(&a)
+    };
+    assert_eq!(ok(&kv(&["put", "fruit", "apple"])), "");
+    assert_eq!(ok(&kv(&["get", "fruit"])), "apple\n");
+    assert_eq!(ok(&kv(&["append", "fruit", " pie"])), "");
+    assert_eq!(ok(&kv(&["get", "fruit"])), "apple pie\n");
+    let json: serde_json::Value =
+        serde_json::from_str(&ok(&kv(&["--json", "get", "fruit"]))).unwrap();
+    assert_eq!(json["value"], "apple pie");
+    assert_eq!(ok(&kv(&["delete", "fruit"])), "");
+    let missing = kv(&["get", "fruit"]);
+    assert_eq!(one_line_error(&missing, 1), "not found");
+    assert!(missing.stdout.is_empty());
+    assert_eq!(ok(&kv(&["--hex", "put", "00ff", "0a00"])), "");
+    assert_eq!(ok(&kv(&["get", "--hex", "00ff"])), "0a00\n");
+    // Bad arguments: exit 2 (clap's convention), nothing sent.
+    assert_eq!(kv(&["--hex", "get", "0g"]).status.code(), Some(2));
+    assert_eq!(kv(&["get"]).status.code(), Some(2));
+
+    // Status: both groups, every member reachable, every shard served by exactly one group.
+    let status = wait_for("all shards served", WAIT, || {
+        let s = c.status();
+        let groups = s["groups"].as_array().unwrap();
+        let serving: usize = groups
+            .iter()
+            .map(|g| {
+                g["shards"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .filter(|s| s["state"] == "serving")
+                    .count()
+            })
+            .sum();
+        (serving == SHARDS).then_some(s)
+    });
+    assert_eq!(status["config_num"], 1);
+    for g in status["groups"].as_array().unwrap() {
+        let members = g["members"].as_array().unwrap();
+        assert_eq!(members.len(), 3, "{g}");
+        assert!(members.iter().all(|m| m["reachable"] == true), "{g}");
+        assert!(g["leader_id"].as_u64().is_some(), "{g}");
+    }
+    let text = ok(&kv(&["status"]));
+    assert!(
+        text.contains("group 1: leader") && text.contains("group 2: leader"),
+        "{text}"
+    );
+
+    // Load from library clients: each appends unique tokens to its own key and remembers which
+    // appends were acknowledged. Most keys live in group 1, whose leader is killed.
+    let tls = c.tls_files().load().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let client = KvClient::connect(c.addrs(0).split(',').map(String::from).collect(), tls)
+        .unwrap()
+        .with_timeout(Duration::from_secs(10));
+    let config = rt.block_on(client.refresh_config()).unwrap();
+    let owner = |k: &str| config.shards[quorumkv_common::shard_of(k.as_bytes(), SHARDS)];
+    let mut keys: Vec<String> = Vec::new();
+    for want in [1, 1, 1, 1, 1, 1, 2, 2] {
+        let k = (0..)
+            .map(|i| format!("e2e:{i}"))
+            .find(|k| owner(k) == want && !keys.contains(k))
+            .unwrap();
+        keys.push(k);
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let acked_group1 = Arc::new(AtomicU64::new(0));
+    let broken = Arc::new(AtomicU64::new(0));
+    let writers: Vec<_> = keys
+        .iter()
+        .enumerate()
+        .map(|(w, key)| {
+            let mut client = client.fork();
+            let (key, stop, acked_group1) = (key.clone(), stop.clone(), acked_group1.clone());
+            let broken = broken.clone();
+            let in_group1 = owner(&key) == 1;
+            rt.spawn(async move {
+                let (mut attempted, mut acked) = (Vec::new(), Vec::new());
+                while !stop.load(Ordering::Relaxed) {
+                    let token = format!("{w}.{};", attempted.len());
+                    attempted.push(token.clone());
+                    match client.append(key.as_bytes(), token.as_bytes()).await {
+                        Ok(()) => {
+                            acked.push(token);
+                            if in_group1 {
+                                acked_group1.fetch_add(1, Ordering::Relaxed);
+                            }
+                        }
+                        // Outcome unknown: the token may or may not be there.
+                        Err(KvError::Timeout { .. }) => {}
+                        // A connection the killed leader broke mid-call also leaves the outcome
+                        // unknown. (The library reports it as internal instead of retrying it.)
+                        Err(KvError::Internal(m)) if m.contains("transport error") => {
+                            broken.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Err(e) => panic!("append to {key}: {e}"),
+                    }
+                }
+                (key, attempted, acked)
+            })
+        })
+        .collect();
+    let acks_reach = |n: u64, what: &str| {
+        wait_for(what, WAIT, || {
+            (acked_group1.load(Ordering::Relaxed) >= n).then_some(())
+        })
+    };
+    acks_reach(100, "acknowledged appends to group 1 before the kill");
+
+    // SIGKILL group 1's leader under load; the load goes on.
+    let leader = wait_for("a leader of group 1", WAIT, || {
+        let g = c.group_status(1);
+        let id = g["leader_id"].as_u64()?;
+        let m = g["members"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["id"] == id)?
+            .clone();
+        (m["role"] == "leader").then_some(id)
+    });
+    let victim = Node { gid: 1, id: leader };
+    c.kill(victim);
+    let at_kill = acked_group1.load(Ordering::Relaxed);
+    acks_reach(
+        at_kill + 100,
+        "acknowledged appends to group 1 after the kill",
+    );
+    let new_leader = c.group_status(1)["leader_id"].as_u64();
+    assert!(new_leader.is_some_and(|l| l != leader), "{new_leader:?}");
+
+    // Restart it from its data directory; it catches up while the load goes on.
+    c.start(victim);
+    let target = c.group_status(1)["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|m| m["commit_index"].as_u64())
+        .max()
+        .unwrap();
+    wait_for("the restarted member to catch up", WAIT, || {
+        let g = c.group_status(1);
+        let m = g["members"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["id"] == leader)?
+            .clone();
+        (m["reachable"] == true && m["applied_index"].as_u64()? >= target).then_some(())
+    });
+    let at_restart = acked_group1.load(Ordering::Relaxed);
+    acks_reach(at_restart + 50, "acknowledged appends after the restart");
+    stop.store(true, Ordering::Relaxed);
+    let results: Vec<_> = rt.block_on(async {
+        let mut out = Vec::new();
+        for w in writers {
+            out.push(w.await.expect("writer panicked"));
+        }
+        out
+    });
+
+    // Every acknowledged token is there exactly once and in order; nothing else is, except
+    // appends whose outcome was unknown (timed out).
+    let reader = client.fork();
+    for (key, attempted, acked) in results {
+        let value = rt
+            .block_on(reader.get(key.as_bytes()))
+            .unwrap()
+            .unwrap_or_default();
+        let value = String::from_utf8(value.to_vec()).unwrap();
+        let tokens: Vec<String> = value.split_inclusive(';').map(|t| t.to_string()).collect();
+        let mut seen = std::collections::HashSet::new();
+        for t in &tokens {
+            assert!(seen.insert(t), "{key}: {t} applied twice");
+            assert!(attempted.contains(t), "{key}: {t} was never written");
+        }
+        let mut it = tokens.iter();
+        for a in &acked {
+            assert!(
+                it.any(|t| t == a),
+                "{key}: acknowledged {a} missing or out of order (value {value:?})"
+            );
+        }
+        assert!(!acked.is_empty(), "{key}: no acknowledged write");
+    }
+    eprintln!(
+        "{} appends broken by the kill; done in {:?}",
+        broken.load(Ordering::Relaxed),
+        started.elapsed()
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(60),
+        "took {:?}",
+        started.elapsed()
+    );
+}
+
+/// Flag problems are caught before anything starts, on one line.
+#[test]
+fn binaries_refuse_bad_flags_with_one_line() {
+    let dir = tempfile::tempdir().unwrap();
+    support::write_certs(dir.path());
+    let tls = support::tls_args(dir.path());
+    let data = dir.path().join("data");
+    // Valid flags, with `(flag, value)` replaced or added.
+    let server = |change: &[&str]| {
+        let mut args = vec![
+            "--gid",
+            "1",
+            "--id",
+            "1",
+            "--cluster",
+            "1=127.0.0.1:7201",
+            "--ctrlers",
+            "127.0.0.1:7101",
+            "--data-dir",
+            data.to_str().unwrap(),
+        ];
+        match args.iter().position(|a| *a == change[0]) {
+            Some(i) => args[i + 1] = change[1],
+            None => args.extend_from_slice(change),
+        }
+        Command::new(KV_SERVER)
+            .args(&args)
+            .args(&tls)
+            .env_remove("QKV_CONFIG")
+            .output()
+            .unwrap()
+    };
+    let err = one_line_error(&server(&["--gid", "0"]), 1);
+    assert!(err.contains("--gid 0"), "{err}");
+    let err = one_line_error(&server(&["--id", "4"]), 1);
+    assert!(err.contains("--id 4 is not in --cluster"), "{err}");
+    let err = one_line_error(&server(&["--ctrlers", "nohost"]), 1);
+    assert!(err.contains("--ctrlers"), "{err}");
+    let err = one_line_error(&server(&["--admin-listen", "127.0.0.1:7201"]), 1);
+    assert!(err.contains("--admin-listen"), "{err}");
+    assert!(!Path::new(&data).exists(), "nothing may be created");
+
+    // A TOML file takes the flags' long names; an unknown key is refused.
+    let file = dir.path().join("kv.toml");
+    std::fs::write(&file, "gid = 1\nno-such-flag = 1\n").unwrap();
+    let out = Command::new(KV_SERVER)
+        .args(["--config", file.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(one_line_error(&out, 1).contains("unknown key \"no-such-flag\""));
+
+    let client = |args: &[&str]| {
+        Command::new(KV_CLIENT)
+            .args(["--ctrlers", "127.0.0.1:1"])
+            .args(&tls)
+            .args(args)
+            .env_remove("QKV_JSON")
+            .output()
+            .unwrap()
+    };
+    for bad in [
+        &["bench", "--clients", "0"][..],
+        &["bench", "--read-ratio", "2"],
+        &["bench", "--duration", "1", "--ops", "5"],
+        &["--timeout", "0", "get", "k"],
+        &["put", "k"],
+    ] {
+        assert_eq!(client(bad).status.code(), Some(2), "{bad:?}");
+    }
+    let big = "k".repeat(quorumkv_shardkv_client::MAX_KEY_BYTES + 1);
+    assert_eq!(client(&["get", &big]).status.code(), Some(2));
+    // Nothing listens there: a bounded failure, one line, exit 1.
+    let err = one_line_error(&client(&["--timeout", "1", "get", "k"]), 1);
+    assert!(err.starts_with("shardkv-client: error: "), "{err}");
+    // The bench reports its failures and exits 1 when nothing succeeded (its progress lines
+    // precede the error on stderr).
+    let out = client(&["--timeout", "1", "bench", "--ops", "3"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.trim_end()
+            .lines()
+            .last()
+            .unwrap()
+            .contains("no operation succeeded"),
+        "{err}"
+    );
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        report.contains("3 failed") && report.contains("3 timeout"),
+        "{report}"
+    );
+}
