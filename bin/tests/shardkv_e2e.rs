@@ -279,14 +279,12 @@ fn cli_and_library_clients_lose_no_acknowledged_write_when_a_leader_is_killed() 
     }
     let stop = Arc::new(AtomicBool::new(false));
     let acked_group1 = Arc::new(AtomicU64::new(0));
-    let broken = Arc::new(AtomicU64::new(0));
     let writers: Vec<_> = keys
         .iter()
         .enumerate()
         .map(|(w, key)| {
             let mut client = client.fork();
             let (key, stop, acked_group1) = (key.clone(), stop.clone(), acked_group1.clone());
-            let broken = broken.clone();
             let in_group1 = owner(&key) == 1;
             rt.spawn(async move {
                 let (mut attempted, mut acked) = (Vec::new(), Vec::new());
@@ -302,11 +300,6 @@ fn cli_and_library_clients_lose_no_acknowledged_write_when_a_leader_is_killed() 
                         }
                         // Outcome unknown: the token may or may not be there.
                         Err(KvError::Timeout { .. }) => {}
-                        // A connection the killed leader broke mid-call also leaves the outcome
-                        // unknown. (The library reports it as internal instead of retrying it.)
-                        Err(KvError::Internal(m)) if m.contains("transport error") => {
-                            broken.fetch_add(1, Ordering::Relaxed);
-                        }
                         Err(e) => panic!("append to {key}: {e}"),
                     }
                 }
@@ -397,11 +390,6 @@ fn cli_and_library_clients_lose_no_acknowledged_write_when_a_leader_is_killed() 
         }
         assert!(!acked.is_empty(), "{key}: no acknowledged write");
     }
-    eprintln!(
-        "{} appends broken by the kill; done in {:?}",
-        broken.load(Ordering::Relaxed),
-        started.elapsed()
-    );
     assert!(
         started.elapsed() < Duration::from_secs(60),
         "took {:?}",

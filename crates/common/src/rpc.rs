@@ -12,7 +12,7 @@
 //! | InvalidArgument | INVALID_ARGUMENT    | —                    | fix the request; never retry |
 //! | NotFound        | NOT_FOUND           | —                    | nothing to retry           |
 //! | Timeout         | DEADLINE_EXCEEDED   | —                    | outcome unknown: retry with the same request id |
-//! | Unavailable     | UNAVAILABLE (other) | —                    | transport failure: retry elsewhere |
+//! | Unavailable     | UNAVAILABLE (other), UNKNOWN | —           | transport failure: retry elsewhere |
 //! | Internal        | anything else       | —                    | report                     |
 
 use tonic::metadata::MetadataValue;
@@ -112,6 +112,10 @@ impl RpcError {
             (Code::Unavailable, Some("retry-later")) => ErrorKind::RetryLater,
             (Code::Unavailable, Some("shutting-down")) => ErrorKind::ShuttingDown,
             (Code::Unavailable, _) => ErrorKind::Unavailable,
+            // Our servers never answer UNKNOWN: it is tonic reporting a transport failure
+            // (a connection broken mid-call, e.g. by a leader that died). Retryable; a retried
+            // write reuses its request id, so it still applies at most once.
+            (Code::Unknown, _) => ErrorKind::Unavailable,
             (Code::FailedPrecondition, Some("wrong-group")) => ErrorKind::WrongGroup,
             (Code::InvalidArgument, _) | (Code::OutOfRange, _) => ErrorKind::InvalidArgument,
             (Code::NotFound, _) => ErrorKind::NotFound,
@@ -149,6 +153,11 @@ mod tests {
         }
         assert_eq!(
             RpcError::from_status(&Status::unavailable("conn refused")).kind,
+            ErrorKind::Unavailable
+        );
+        // tonic's own report of a connection that broke mid-call.
+        assert_eq!(
+            RpcError::from_status(&Status::unknown("transport error")).kind,
             ErrorKind::Unavailable
         );
     }
