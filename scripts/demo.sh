@@ -7,6 +7,10 @@
 #   scripts/demo.sh status   every node: pid, addresses, running or not (and the groups' state)
 #   scripts/demo.sh down     stop every node (data is kept: `up` resumes it); a no-op if stopped
 #   scripts/demo.sh clean    stop and delete .demo entirely
+#   scripts/demo.sh rolling-restart [BENCH_SECS]
+#                            restart every node one at a time (SIGTERM: the node hands off
+#                            leadership; then wait until it is ready again), optionally under
+#                            `shardkv-client bench` load, and print the bench report
 #
 # Then `. .demo/env` and both clients (shardctrler-client, shardkv-client) work with no flags.
 #
@@ -184,14 +188,37 @@ Logs: $DEMO/logs/   Data: $DEMO/data/
 MSG
 }
 
+# GET http://127.0.0.1:PORT/PATH with bash's /dev/tcp (no curl needed); prints the body.
+http_get() {
+  local port=$1 path=$2
+  exec 3<>"/dev/tcp/127.0.0.1/$port" || return 1
+  printf 'GET %s HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n' "$path" >&3
+  timeout 2 cat <&3 | sed '1,/^\r$/d'
+  exec 3<&-
+}
+
+# The node's Raft role from its /metrics, or `?`.
+node_role() {
+  local role
+  role=$(http_get "$(admin_port "$1")" /metrics 2>/dev/null |
+    sed -n 's/^quorumkv_raft_role{.*role="\([a-z-]*\)".*} 1$/\1/p' | head -1)
+  echo "${role:-?}"
+}
+
+server_bin() { if [ "$(node_gid "$1")" = 0 ]; then echo "$BIN/shardctrler-server"; else echo "$BIN/shardkv-server"; fi; }
+node_ready() { "$(server_bin "$1")" probe "http://127.0.0.1:$(admin_port "$1")/health/ready" >/dev/null 2>&1; }
+
 cmd_status() {
-  local n pidf state pid
-  printf '%-8s %-8s %-16s %-38s %s\n' NODE PID GRPC ADMIN STATE
+  local n pidf state pid role
+  printf '%-8s %-8s %-16s %-10s %-38s %s\n' NODE PID GRPC ROLE HEALTH STATE
   for n in $(all_nodes); do
     pidf="$DEMO/pids/$n.pid"
-    state=stopped pid=-
-    if pid_alive "$pidf"; then state=running pid=$(cat "$pidf"); fi
-    printf '%-8s %-8s %-16s %-38s %s\n' "$n" "$pid" "localhost:$(grpc_port "$n")" \
+    state=stopped pid=- role=-
+    if pid_alive "$pidf"; then
+      pid=$(cat "$pidf") role=$(node_role "$n") state=running
+      node_ready "$n" && state="running, ready" || state="running, not ready"
+    fi
+    printf '%-8s %-8s %-16s %-10s %-38s %s\n' "$n" "$pid" "localhost:$(grpc_port "$n")" "$role" \
       "http://127.0.0.1:$(admin_port "$n")/health/ready" "$state"
   done
   if [ "$(running_count)" -gt 0 ] && [ -f "$DEMO/env" ]; then
@@ -227,10 +254,47 @@ cmd_down() {
   if [ "$stopped" -eq 0 ]; then echo "demo cluster is not running"; else echo "stopped $stopped nodes (data kept in $DEMO/data)"; fi
 }
 
+# Stops one node gracefully (SIGTERM; bounded wait, then SIGKILL).
+stop_node() {
+  local pidf="$DEMO/pids/$1.pid" pid
+  pid_alive "$pidf" || return 0
+  pid=$(cat "$pidf")
+  kill -TERM "$pid" 2>/dev/null || true
+  for _ in $(seq 1 75); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
+  kill -KILL "$pid" 2>/dev/null || true
+  rm -f "$pidf"
+}
+
+cmd_rolling_restart() {
+  local bench_secs=${1:-0} n t0 bench_pid=""
+  if [ "$(running_count)" -eq 0 ]; then echo "demo cluster is not running (scripts/demo.sh up)" >&2; return 1; fi
+  # shellcheck disable=SC1091
+  . "$DEMO/env"
+  if [ "$bench_secs" -gt 0 ]; then
+    "$BIN/shardkv-client" bench --clients 32 --duration "$bench_secs" --read-ratio 0.5 \
+      >"$DEMO/rolling-bench.txt" 2>"$DEMO/rolling-bench.log" &
+    bench_pid=$!
+    sleep 2
+  fi
+  for n in $(all_nodes); do
+    t0=$(date +%s%N)
+    stop_node "$n"
+    start_node "$n"
+    wait_until "$n to be ready again" node_ready "$n"
+    echo "restarted $n in $(( ($(date +%s%N) - t0) / 1000000 )) ms"
+  done
+  if [ -n "$bench_pid" ]; then
+    echo "waiting for the bench to finish..."
+    wait "$bench_pid" || true
+    cat "$DEMO/rolling-bench.txt"
+  fi
+}
+
 case "${1:-}" in
   up) cmd_up ;;
+  rolling-restart) cmd_rolling_restart "${2:-0}" ;;
   status) cmd_status ;;
   down) cmd_down ;;
   clean) cmd_down; rm -rf "$DEMO"; echo "removed $DEMO" ;;
-  *) echo "usage: scripts/demo.sh up|status|down|clean" >&2; exit 2 ;;
+  *) echo "usage: scripts/demo.sh up|status|down|clean|rolling-restart [BENCH_SECS]" >&2; exit 2 ;;
 esac

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs QuorumKV's whole test suite: unit, property, cluster (real gRPC over mutual TLS on
 # loopback) and end-to-end tests of the real binaries, then validates the Kubernetes manifests
-# offline. Needs the Rust toolchain and python3 (the manifest validators come from PyPI into
+# offline, then runs the Docker Compose cluster test (built offline from static binaries;
+# skipped with a message where no Docker engine runs). Needs the Rust toolchain and python3 (the manifest validators come from PyPI into
 # target/k8s-venv); cargo-nextest is used when installed (it runs each test in its own
 # process with a time limit, see .config/nextest.toml), `cargo test` otherwise.
 set -euo pipefail
@@ -20,3 +21,4 @@ else
 fi
 
 scripts/k8s-validate.sh
+scripts/docker-test.sh

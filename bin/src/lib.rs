@@ -2,7 +2,9 @@
 //! every server and client takes, and what every server does the same way (the optional
 //! `--config` TOML file, socket flags, the shutdown signal, the admin HTTP endpoint).
 //! Libraries never read argv or env and never install a tracing subscriber; the binaries do it
-//! here, once.
+//! here, once. [`member`] is the `member` subcommand both CLIs share.
+
+pub mod member;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -40,9 +42,12 @@ impl LogArgs {
     pub fn init(&self) -> anyhow::Result<()> {
         let filter = tracing_subscriber::EnvFilter::try_new(&self.level)
             .with_context(|| format!("invalid --log-level {:?}", self.level))?;
+        use std::io::IsTerminal;
         let builder = tracing_subscriber::fmt()
             .with_env_filter(filter)
-            .with_writer(std::io::stderr);
+            .with_writer(std::io::stderr)
+            // Colour codes only for a person at a terminal, never into log files or collectors.
+            .with_ansi(std::io::stderr().is_terminal());
         match self.format {
             LogFormat::Text => builder.try_init(),
             LogFormat::Json => builder.json().try_init(),
@@ -167,34 +172,43 @@ pub async fn shutdown_signal() {
     tracing::info!("shutdown requested");
 }
 
-/// The plain-HTTP admin endpoint of a server (today only liveness: `GET /health/alive`
-/// answers 200 while the process runs). Stops when dropped.
-pub struct AdminServer {
-    task: tokio::task::JoinHandle<()>,
+/// `SERVER probe [URL] [--timeout SECS]`: checks a health URL and exits 0 when it answers 2xx,
+/// 1 otherwise (one line on stderr) — for container healthchecks in images without curl.
+#[derive(Debug, clap::Parser)]
+#[command(about = "Check a health URL: exit 0 when it answers 2xx, 1 otherwise")]
+struct ProbeArgs {
+    /// The URL to check (plain HTTP), e.g. the admin port's `/health/ready` or `/health/alive`.
+    #[arg(default_value = "http://127.0.0.1:8000/health/ready")]
+    url: String,
+    /// Seconds to wait for the answer.
+    #[arg(long, default_value_t = 2.0)]
+    timeout: f64,
 }
 
-impl AdminServer {
-    /// Binds `addr` and serves in the background.
-    pub async fn start(addr: SocketAddr) -> anyhow::Result<Self> {
-        let listener = tokio::net::TcpListener::bind(addr)
-            .await
-            .with_context(|| format!("cannot listen on --admin-listen {addr}"))?;
-        let app =
-            axum::Router::new().route("/health/alive", axum::routing::get(|| async { "ok\n" }));
-        tracing::info!(%addr, "admin endpoint serving");
-        let task = tokio::spawn(async move {
-            if let Err(e) = axum::serve(listener, app).await {
-                tracing::error!(error = %e, "admin server failed");
-            }
-        });
-        Ok(AdminServer { task })
+/// Runs the `probe` subcommand when it is the first argument; `None` otherwise (then the
+/// server's own flags are parsed).
+pub fn run_probe_if_asked(program: &str) -> Option<std::process::ExitCode> {
+    use clap::Parser;
+    let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if argv.get(1).map(|a| a == "probe") != Some(true) {
+        return None;
     }
-}
-
-impl Drop for AdminServer {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
+    let args = ProbeArgs::parse_from(
+        std::iter::once(std::ffi::OsString::from(format!("{program} probe")))
+            .chain(argv[2..].iter().cloned()),
+    );
+    let timeout = std::time::Duration::from_secs_f64(args.timeout.clamp(0.001, 3600.0));
+    Some(match quorumkv_admin::probe(&args.url, timeout) {
+        Ok(code) if (200..300).contains(&code) => std::process::ExitCode::SUCCESS,
+        Ok(code) => {
+            eprintln!("{program} probe: {} answered {code}", args.url);
+            std::process::ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("{program} probe: {}: {e}", args.url);
+            std::process::ExitCode::FAILURE
+        }
+    })
 }
 
 /// The exit of a server's `main`: success, or the error as one line on stderr and status 1.

@@ -1,5 +1,6 @@
 //! `shardctrler-client`: the shard controller from the command line (join, leave, move,
-//! query), on top of the `quorumkv-shardctrler-client` library.
+//! set-servers, query, and `member` for the controller group's own membership), on top of the
+//! `quorumkv-shardctrler-client` library.
 //!
 //! Exit status: 0 on success; 2 for bad arguments (as clap); 1 when the controller refuses the
 //! request or cannot be reached. Errors are one line on stderr.
@@ -9,8 +10,10 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{CommandFactory, Parser, Subcommand};
+use quorumkv_bin::member::{self, AdminCall, MemberCmd};
 use quorumkv_bin::TlsArgs;
-use quorumkv_common::HostPort;
+use quorumkv_common::{HostPort, TlsMaterial};
+use quorumkv_proto::raft as pb;
 use quorumkv_shardctrler_client::{Config, CtrlerClient, UNASSIGNED};
 
 const EXAMPLES: &str = "\
@@ -21,6 +24,12 @@ Examples:
   shardctrler-client query          (the latest configuration)
   shardctrler-client query 5        (configuration 5)
   shardctrler-client --json query   (for scripts)
+  shardctrler-client set-servers 1=a:7001,b:7001,d:7001   (after group 1's members changed)
+  shardctrler-client member list    (the controller group's own members)
+  shardctrler-client member add 4=ctrl4:7000     (ctrl4 started empty with --join first)
+  shardctrler-client member remove 1
+  shardctrler-client member replace 2 5=ctrl5:7000
+  shardctrler-client member transfer 3
 
 Exit status: 0 on success, 2 for bad arguments, 1 when the controller refuses the request or
 cannot be reached (the reason is printed on one line).";
@@ -82,6 +91,18 @@ enum Cmd {
         /// The configuration number; the latest when omitted.
         num: Option<u64>,
     },
+    /// Record a group's new server list, keeping every shard where it is (normally done by
+    /// `shardkv-client member`, after the group's membership changed).
+    SetServers {
+        /// `GID=HOST:PORT,HOST:PORT,...`: the group and all of its servers from now on.
+        #[arg(value_name = "GID=HOST:PORT,...", value_parser = parse_group)]
+        group: GroupArg,
+    },
+    /// The controller group's own members (the --ctrlers): list, add, remove, replace,
+    /// transfer leadership. A new member must already run, started empty with
+    /// `shardctrler-server --join`.
+    #[command(subcommand)]
+    Member(MemberCmd),
 }
 
 /// One `GID=HOST:PORT,...` argument of `join`.
@@ -216,7 +237,7 @@ fn print_num(num: u64, json: bool) {
     }
 }
 
-async fn run(cli: Cli, client: CtrlerClient) -> Result<(), String> {
+async fn run(cli: Cli, client: CtrlerClient, tls: TlsMaterial) -> Result<(), String> {
     let e = |e: quorumkv_shardctrler_client::ClientError| e.to_string();
     match cli.cmd {
         Cmd::Join { groups } => {
@@ -229,9 +250,55 @@ async fn run(cli: Cli, client: CtrlerClient) -> Result<(), String> {
             print_num(client.move_shard(shard, gid).await.map_err(e)?, cli.json)
         }
         Cmd::Query { num } => print_config(&client.query(num).await.map_err(e)?, cli.json),
+        Cmd::SetServers { group } => print_num(
+            client
+                .set_servers(group.gid, group.servers)
+                .await
+                .map_err(e)?,
+            cli.json,
+        ),
+        Cmd::Member(cmd) => {
+            let client = &client;
+            let call = |request: AdminCall| async move {
+                client
+                    .raft_admin(|c, _| request.clone().send(c))
+                    .await
+                    .map_err(e)
+            };
+            let timeout = Duration::from_secs_f64(cli.timeout);
+            let probe = |addr: String| {
+                let tls = tls.clone();
+                async move {
+                    let one = CtrlerClient::connect(vec![addr], tls)
+                        .map_err(e)?
+                        .with_timeout(timeout.min(PROBE_TIMEOUT));
+                    one.raft_admin(|mut c, _| async move {
+                        c.members(pb::MembersRequest { leader_only: false }).await
+                    })
+                    .await
+                    .map_err(e)
+                }
+            };
+            let outcome = member::run(
+                cmd,
+                cli.json,
+                "controller group",
+                CONTROLLER_GROUP_ID,
+                "shardctrler-server --join --id ID --cluster <current members and ID=HOST:PORT> ...",
+                call,
+                probe,
+            )
+            .await?;
+            print!("{}", outcome.output);
+        }
     }
     Ok(())
 }
+
+/// How long `member add` waits for the new member to answer before the group is changed.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
+/// The Raft group id of the controller (`quorumkv_shardctrler::CONTROLLER_GROUP_ID`).
+const CONTROLLER_GROUP_ID: u64 = 0;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -260,7 +327,7 @@ fn main() -> ExitCode {
         Ok(t) => t,
         Err(err) => return fail(format!("TLS files: {err:#}")),
     };
-    let client = match CtrlerClient::connect(cli.ctrlers.clone(), tls) {
+    let client = match CtrlerClient::connect(cli.ctrlers.clone(), tls.clone()) {
         Ok(c) => c.with_timeout(Duration::from_secs_f64(cli.timeout)),
         Err(err) => usage(format!("--ctrlers: {err}")),
     };
@@ -271,7 +338,7 @@ fn main() -> ExitCode {
         Ok(r) => r,
         Err(err) => return fail(format!("cannot start the async runtime: {err}")),
     };
-    match runtime.block_on(run(cli, client)) {
+    match runtime.block_on(run(cli, client, tls)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(msg) => fail(msg),
     }

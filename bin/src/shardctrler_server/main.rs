@@ -11,8 +11,8 @@ use std::process::ExitCode;
 use anyhow::{bail, Context};
 use clap::Parser;
 use quorumkv_bin::{
-    exit_status, parse_args_with_config, parse_socket, shutdown_signal, AdminServer, LogArgs,
-    TlsArgs,
+    exit_status, parse_args_with_config, parse_socket, run_probe_if_asked, shutdown_signal,
+    LogArgs, TlsArgs,
 };
 use quorumkv_common::{parse_members, Member, TlsMaterial};
 use quorumkv_raft_core::{Bootstrap, NodeConfig};
@@ -42,7 +42,7 @@ Flags override the environment, which overrides the file.";
 const EXAMPLES: &str = "\
 Example (three members on one machine):
   shardctrler-server --id 1 --cluster 1=localhost:7101,2=localhost:7102,3=localhost:7103 \\
-      --data-dir /tmp/ctl1 --tls-ca certs/ca.pem --tls-cert certs/node.pem --tls-key certs/node-key.pem";
+      --data-dir /tmp/ctl1 --tls-ca certs/ca.pem --tls-cert certs/node.pem --tls-key certs/node-key.pem\n\nHealth check (for images without curl; exit 0 when the URL answers 2xx, else 1):\n  shardctrler-server probe http://127.0.0.1:8101/health/ready [--timeout SECS]";
 
 /// Flags of `shardctrler-server`.
 #[derive(Debug, Parser)]
@@ -74,8 +74,11 @@ struct Args {
     #[arg(long, env = "QKV_DATA_DIR", value_name = "DIR")]
     data_dir: PathBuf,
 
-    /// Plain-HTTP admin address, `ip:port`, for health checks (`GET /health/alive` answers 200
-    /// while the process runs). Off when not given.
+    /// Plain-HTTP admin address, `ip:port` (no TLS, so probes need no certificates):
+    /// `GET /health/alive` (200 while the process and its Raft driver run), `GET
+    /// /health/ready` (200 only when this member can serve: in a group with a leader and a
+    /// quorum, storage fine, caught up; else 503 with JSON naming the failed check) and `GET
+    /// /metrics` (Prometheus). Off when not given. `SERVER probe URL` checks one of them.
     #[arg(long, env = "QKV_ADMIN_LISTEN", value_name = "IP:PORT")]
     admin_listen: Option<String>,
 
@@ -172,6 +175,7 @@ impl ServerConfig {
             raft,
             num_shards: self.num_shards,
             tls: self.tls.clone(),
+            admin: self.admin_listen,
         }
     }
 }
@@ -180,14 +184,13 @@ async fn run(cfg: ServerConfig) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(cfg.listen)
         .await
         .with_context(|| format!("cannot listen on {}", cfg.listen))?;
-    let _admin = match cfg.admin_listen {
-        Some(addr) => Some(AdminServer::start(addr).await?),
-        None => None,
-    };
     Ok(quorumkv_shardctrler::serve(cfg.member_options(), listener, shutdown_signal()).await?)
 }
 
 fn main() -> ExitCode {
+    if let Some(code) = run_probe_if_asked("shardctrler-server") {
+        return code;
+    }
     let result = parse_args_with_config::<Args>().and_then(|args| {
         let cfg = ServerConfig::validate(&args)?;
         args.log.init()?;

@@ -1,5 +1,6 @@
 //! `shardkv-client`: a QuorumKV cluster from the command line (put, get, append, delete,
-//! status, bench), on top of the `quorumkv-shardkv-client` library.
+//! status, bench, and `member` for a replica group's membership), on top of the
+//! `quorumkv-shardkv-client` library.
 //!
 //! Exit status: 0 on success; 2 for bad arguments (as clap); 1 when a request fails (or `get`
 //! finds no such key, or `bench` had no successful operation). Errors are one line on stderr.
@@ -9,11 +10,12 @@ mod status;
 
 use std::io::Write;
 use std::process::ExitCode;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use clap::{CommandFactory, Parser, Subcommand};
+use quorumkv_bin::member::{self, AdminCall, MemberCmd};
 use quorumkv_bin::TlsArgs;
-use quorumkv_shardkv_client::{KvClient, MAX_KEY_BYTES, MAX_VALUE_BYTES};
+use quorumkv_shardkv_client::{GroupCaller, KvClient, MAX_KEY_BYTES, MAX_VALUE_BYTES};
 
 const EXAMPLES: &str = "\
 Examples:
@@ -25,6 +27,11 @@ Examples:
   shardkv-client status                     (every group: members, leader, shards)
   shardkv-client --json status              (for scripts)
   shardkv-client bench --clients 64 --duration 10 --read-ratio 0.9
+  shardkv-client member --gid 1 list        (group 1's members, roles, leader)
+  shardkv-client member --gid 1 add 4=kv4:7000   (kv4 started empty with --join first)
+  shardkv-client member --gid 1 remove 1    (then stop member 1's server)
+  shardkv-client member --gid 1 replace 2 5=kv5:7000
+  shardkv-client member --gid 1 transfer 3
 
 Exit status: 0 on success, 2 for bad arguments, 1 when the request fails (the reason is printed
 on one line), when `get` finds no such key (`not found` on stderr), or when `bench` completed no
@@ -104,6 +111,18 @@ enum Cmd {
     /// Load the cluster with concurrent clients and report throughput, latency percentiles
     /// (from an HDR histogram, per operation) and errors by kind.
     Bench(bench::BenchArgs),
+    /// A replica group's members: list, add, remove, replace, transfer leadership. The group's
+    /// servers are taken from the latest configuration and its leader is followed. After an
+    /// add, remove or replace the controller records the group's new server list (the
+    /// members' addresses in id order), so clients and other groups find the new members. A
+    /// new member must already run, started empty with `shardkv-server --join`.
+    Member {
+        /// The replica group.
+        #[arg(long)]
+        gid: u64,
+        #[command(subcommand)]
+        cmd: MemberCmd,
+    },
 }
 
 /// `key`/`value` as bytes: UTF-8 as given, or decoded from hex with `--hex`.
@@ -163,7 +182,7 @@ impl Request {
             Cmd::Get { key: k } => Request::Get(key(k)?),
             Cmd::Append { key: k, value: v } => Request::Append(key(k)?, value(v)?),
             Cmd::Delete { key: k } => Request::Delete(key(k)?),
-            Cmd::Status | Cmd::Bench(_) => return Ok(None),
+            Cmd::Status | Cmd::Bench(_) | Cmd::Member { .. } => return Ok(None),
         }))
     }
 }
@@ -246,7 +265,7 @@ fn main() -> ExitCode {
         Err(err) => return fail(format!("TLS files: {err:#}")),
     };
     let timeout = Duration::from_secs_f64(cli.timeout);
-    let client = match KvClient::connect(cli.ctrlers.clone(), tls) {
+    let client = match KvClient::connect(cli.ctrlers.clone(), tls.clone()) {
         Ok(c) => c.with_timeout(timeout),
         Err(err) => usage(format!("--ctrlers: {err}")),
     };
@@ -279,6 +298,13 @@ fn main() -> ExitCode {
                 Ok(())
             };
         }
+        if let Cmd::Member { gid, cmd } = cli.cmd {
+            let output = run_member(&client, GroupCaller::new(tls), gid, cmd, cli.json, timeout)
+                .await
+                .map_err(Failure::Error)?;
+            emit(&output);
+            return Ok(());
+        }
         let groups = client.status().await?;
         let view = status::summarize(client.cached_config().num, groups);
         emit(&status::render(&view, cli.json));
@@ -295,6 +321,103 @@ fn main() -> ExitCode {
         Err(Failure::Error(msg)) => fail(msg),
     }
 }
+
+/// `member --gid G ...`: the group's servers from the latest configuration, the command on
+/// its leader, then (when the members changed) the new server list to the controller.
+async fn run_member(
+    client: &KvClient,
+    groups: GroupCaller,
+    gid: u64,
+    cmd: MemberCmd,
+    json: bool,
+    timeout: Duration,
+) -> Result<String, String> {
+    let config = client.refresh_config().await.map_err(|e| e.to_string())?;
+    let Some(listed) = config.groups.get(&gid).cloned() else {
+        return Err(format!(
+            "group {gid} is not in configuration {} (join it first)",
+            config.num
+        ));
+    };
+    // The servers to try: the controller's list, plus every address the group itself reports
+    // (they differ while a change is not yet recorded, or when recording it failed).
+    let servers = std::sync::Mutex::new(listed.clone());
+    let groups = &groups;
+    let servers_ref = &servers;
+    let call = |request: AdminCall| async move {
+        let targets = servers_ref.lock().expect("servers poisoned").clone();
+        let reply = groups
+            .call_admin(gid, &targets, Instant::now() + timeout, |c| {
+                request.clone().send(c)
+            })
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut s = servers_ref.lock().expect("servers poisoned");
+        for addr in member::addresses_in_id_order(&reply) {
+            if !s.contains(&addr) {
+                s.push(addr);
+            }
+        }
+        Ok(reply)
+    };
+    let probe = |addr: String| async move {
+        groups
+            .call_admin(
+                gid,
+                std::slice::from_ref(&addr),
+                Instant::now() + timeout.min(PROBE_TIMEOUT),
+                |mut c| async move {
+                    c.members(quorumkv_proto::raft::MembersRequest { leader_only: false })
+                        .await
+                },
+            )
+            .await
+            .map_err(|e| e.to_string())
+    };
+    let group = format!("group {gid}");
+    let outcome = member::run(
+        cmd,
+        json,
+        &group,
+        gid,
+        "shardkv-server --join --gid GID --id ID --cluster <current members and ID=HOST:PORT> ...",
+        call,
+        probe,
+    )
+    .await?;
+    let mut output = outcome.output;
+    if outcome.members_changed {
+        let new_servers = member::addresses_in_id_order(&outcome.after);
+        if new_servers != listed {
+            let num = client
+                .ctrler()
+                .set_servers(gid, new_servers.clone())
+                .await
+                .map_err(|e| {
+                    format!(
+                        "{output}{group}'s members changed, but the controller was not told: {e};                          record them with `shardctrler-client set-servers {gid}={}`",
+                        new_servers.join(",")
+                    )
+                    .replace('\n', "; ")
+                })?;
+            if json {
+                output.push_str(&format!(
+                    "{}\n",
+                    serde_json::json!({ "gid": gid, "servers": new_servers, "config": num })
+                ));
+            } else {
+                output.push_str(&format!(
+                    "controller: {group} servers now {} (configuration {num})\n",
+                    new_servers.join(",")
+                ));
+            }
+        }
+    }
+    Ok(output)
+}
+
+/// How long `member add` waits for the new member to answer before the group is changed.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
 
 #[cfg(test)]
 mod tests {

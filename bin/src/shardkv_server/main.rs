@@ -11,8 +11,8 @@ use std::process::ExitCode;
 use anyhow::{bail, Context};
 use clap::Parser;
 use quorumkv_bin::{
-    exit_status, parse_args_with_config, parse_socket, shutdown_signal, AdminServer, LogArgs,
-    TlsArgs,
+    exit_status, parse_args_with_config, parse_socket, run_probe_if_asked, shutdown_signal,
+    LogArgs, TlsArgs,
 };
 use quorumkv_common::{parse_members, HostPort, Member, TlsMaterial};
 use quorumkv_raft_core::{Bootstrap, NodeConfig};
@@ -41,7 +41,7 @@ Example (group 1, three members on one machine):
   shardkv-server --gid 1 --id 1 --cluster 1=localhost:7201,2=localhost:7202,3=localhost:7203 \\
       --ctrlers localhost:7101,localhost:7102,localhost:7103 --data-dir /tmp/g1-1 \\
       --tls-ca certs/ca.pem --tls-cert certs/node.pem --tls-key certs/node-key.pem
-  shardctrler-client join 1=localhost:7201,localhost:7202,localhost:7203";
+  shardctrler-client join 1=localhost:7201,localhost:7202,localhost:7203\n\nHealth check (for images without curl; exit 0 when the URL answers 2xx, else 1):\n  shardkv-server probe http://127.0.0.1:8201/health/ready [--timeout SECS]";
 
 /// Flags of `shardkv-server`.
 #[derive(Debug, Parser)]
@@ -77,8 +77,11 @@ struct Args {
     #[arg(long, env = "QKV_LISTEN", value_name = "IP:PORT")]
     listen: Option<String>,
 
-    /// Plain-HTTP admin address, `ip:port`, for health checks (`GET /health/alive` answers 200
-    /// while the process runs). Off when not given.
+    /// Plain-HTTP admin address, `ip:port` (no TLS, so probes need no certificates):
+    /// `GET /health/alive` (200 while the process and its Raft driver run), `GET
+    /// /health/ready` (200 only when this member can serve: in a group with a leader and a
+    /// quorum, storage fine, caught up; else 503 with JSON naming the failed check) and `GET
+    /// /metrics` (Prometheus). Off when not given. `SERVER probe URL` checks one of them.
     #[arg(long, env = "QKV_ADMIN_LISTEN", value_name = "IP:PORT")]
     admin_listen: Option<String>,
 
@@ -185,6 +188,7 @@ impl ServerConfig {
             ctrlers: self.ctrlers.iter().map(ToString::to_string).collect(),
             tls: self.tls.clone(),
             wrap_transport: None,
+            admin: self.admin_listen,
         }
     }
 }
@@ -193,10 +197,6 @@ async fn run(cfg: ServerConfig) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(cfg.listen)
         .await
         .with_context(|| format!("cannot listen on {}", cfg.listen))?;
-    let _admin = match cfg.admin_listen {
-        Some(addr) => Some(AdminServer::start(addr).await?),
-        None => None,
-    };
     let member = KvMember::start(cfg.member_options(), listener)
         .await
         .context("cannot start the member")?;
@@ -221,6 +221,9 @@ async fn run(cfg: ServerConfig) -> anyhow::Result<()> {
 }
 
 fn main() -> ExitCode {
+    if let Some(code) = run_probe_if_asked("shardkv-server") {
+        return code;
+    }
     let result = parse_args_with_config::<Args>().and_then(|args| {
         let cfg = ServerConfig::validate(&args)?;
         args.log.init()?;

@@ -12,8 +12,12 @@
 //! | InvalidArgument | INVALID_ARGUMENT    | —                    | fix the request; never retry |
 //! | NotFound        | NOT_FOUND           | —                    | nothing to retry           |
 //! | Timeout         | DEADLINE_EXCEEDED   | —                    | outcome unknown: retry with the same request id |
-//! | Unavailable     | UNAVAILABLE (other), UNKNOWN | —           | transport failure: retry elsewhere |
-//! | Internal        | anything else       | —                    | report                     |
+//! | Unavailable     | UNAVAILABLE (other), UNKNOWN, untagged INTERNAL | — | transport failure: retry elsewhere |
+//! | Internal        | INTERNAL            | `internal`           | report                     |
+//!
+//! Untagged UNKNOWN and INTERNAL come from tonic itself, not from our servers: they report a
+//! connection that broke mid-call (a leader that died, a server that closed the connection
+//! while shutting down). Retrying is safe: a retried write reuses its request id.
 
 use tonic::metadata::MetadataValue;
 use tonic::{Code, Status};
@@ -68,7 +72,9 @@ pub fn to_status(kind: ErrorKind, message: impl Into<String>) -> Status {
         ErrorKind::NotFound => (Code::NotFound, None),
         ErrorKind::Timeout => (Code::DeadlineExceeded, None),
         ErrorKind::Unavailable => (Code::Unavailable, None),
-        ErrorKind::Internal => (Code::Internal, None),
+        // Tagged, so a client can tell our own internal errors from tonic's reports of broken
+        // HTTP/2 connections, which also arrive as INTERNAL.
+        ErrorKind::Internal => (Code::Internal, Some("internal")),
     };
     let mut status = Status::new(code, message);
     if let Some(tag) = tag {
@@ -116,6 +122,9 @@ impl RpcError {
             // (a connection broken mid-call, e.g. by a leader that died). Retryable; a retried
             // write reuses its request id, so it still applies at most once.
             (Code::Unknown, _) => ErrorKind::Unavailable,
+            // Likewise an untagged INTERNAL: tonic's report of an HTTP/2 protocol error, e.g.
+            // a server that closed the connection while shutting down.
+            (Code::Internal, None) => ErrorKind::Unavailable,
             (Code::FailedPrecondition, Some("wrong-group")) => ErrorKind::WrongGroup,
             (Code::InvalidArgument, _) | (Code::OutOfRange, _) => ErrorKind::InvalidArgument,
             (Code::NotFound, _) => ErrorKind::NotFound,
@@ -155,9 +164,13 @@ mod tests {
             RpcError::from_status(&Status::unavailable("conn refused")).kind,
             ErrorKind::Unavailable
         );
-        // tonic's own report of a connection that broke mid-call.
+        // tonic's own reports of a connection that broke mid-call.
         assert_eq!(
             RpcError::from_status(&Status::unknown("transport error")).kind,
+            ErrorKind::Unavailable
+        );
+        assert_eq!(
+            RpcError::from_status(&Status::internal("h2 protocol error: http2 error")).kind,
             ErrorKind::Unavailable
         );
     }

@@ -38,6 +38,7 @@ use tokio::sync::{oneshot, watch};
 use crate::config::NodeConfig;
 use crate::error::{RaftError, Result};
 use crate::mailbox::Msg;
+use crate::metrics::RaftMetrics;
 use crate::state_machine::StateMachine;
 use crate::status::{PeerProgress, Role, Status};
 use crate::storage::{SledStorage, SnapshotData};
@@ -81,6 +82,7 @@ pub(crate) struct Driver<S: StateMachine> {
     transport: Arc<dyn Transport>,
     inbox: Receiver<Msg>,
     status_tx: watch::Sender<Status>,
+    metrics: Arc<RaftMetrics>,
     members: BTreeMap<u64, String>,
     conf_state: ConfState,
     applied: u64,
@@ -96,6 +98,10 @@ pub(crate) struct Driver<S: StateMachine> {
     reads_ready: Vec<(u64, Vec<Waiter<u64>>)>,
     transfer: Option<Transfer>,
     ticks: u64,
+    /// Tick at which each peer was last heard from. raft-rs's own `recent_active` flags are
+    /// cleared at every quorum check, so a status read just after one would show a healthy
+    /// leader without a quorum; this is what the published `recent_active` is made of.
+    heard_at_tick: HashMap<u64, u64>,
     shutting_down: bool,
     /// Replies to applied proposals, conf changes, reads and transfers, sent only after the
     /// status reflecting them is published: a caller that got its answer and then looks at
@@ -147,6 +153,7 @@ impl<S: StateMachine> Driver<S> {
         transport: Arc<dyn Transport>,
         inbox: Receiver<Msg>,
         status_tx: watch::Sender<Status>,
+        metrics: Arc<RaftMetrics>,
     ) -> Result<Self> {
         cfg.validate()?;
         std::fs::create_dir_all(&cfg.data_dir)
@@ -195,6 +202,7 @@ impl<S: StateMachine> Driver<S> {
             transport,
             inbox,
             status_tx,
+            metrics,
             members,
             conf_state: meta.get_conf_state().clone(),
             applied: meta.index,
@@ -208,6 +216,7 @@ impl<S: StateMachine> Driver<S> {
             reads_ready: Vec::new(),
             transfer: None,
             ticks: 0,
+            heard_at_tick: HashMap::new(),
             shutting_down: false,
             completions: Vec::new(),
             cfg,
@@ -219,6 +228,8 @@ impl<S: StateMachine> Driver<S> {
         let mut next_tick = Instant::now() + self.cfg.tick_interval;
         self.publish_status(None);
         loop {
+            // Liveness: at least once per tick while the driver runs (see `RaftMetrics`).
+            self.metrics.driver_beat();
             let wait = next_tick.saturating_duration_since(Instant::now());
             match self.inbox.recv_timeout(wait) {
                 Ok(msg) => {
@@ -287,6 +298,7 @@ impl<S: StateMachine> Driver<S> {
     fn handle(&mut self, msg: Msg) {
         match msg {
             Msg::Raft(m) => {
+                self.heard_at_tick.insert(m.from, self.ticks);
                 if let Err(e) = self.raw.step(*m) {
                     tracing::debug!(error = %e, "dropped raft message");
                 }
@@ -454,6 +466,35 @@ impl<S: StateMachine> Driver<S> {
                 self.transfer = Some(t);
             }
         }
+        self.hand_off_if_removed();
+    }
+
+    /// A leader that removed itself from the voters keeps leading in raft-rs (it replicates
+    /// but no longer counts itself, and nobody else campaigns while it sends heartbeats), so
+    /// the group would depend on a member the operator is about to stop. Once the change is
+    /// final (not joint), it hands leadership to the most caught-up remaining voter; raft-rs
+    /// abandons a transfer after an election timeout, so this is retried on every tick until
+    /// another member leads.
+    fn hand_off_if_removed(&mut self) {
+        let cs = &self.conf_state;
+        if !self.is_leader()
+            || cs.voters.is_empty()
+            || cs.voters.contains(&self.cfg.id)
+            || !cs.voters_outgoing.is_empty()
+            || self.raw.raft.lead_transferee.is_some()
+        {
+            return;
+        }
+        let best = cs
+            .voters
+            .iter()
+            .filter_map(|id| self.raw.raft.prs().get(*id).map(|p| (*id, p.matched)))
+            .max_by_key(|(id, matched)| (*matched, std::cmp::Reverse(*id)))
+            .map(|(id, _)| id);
+        if let Some(to) = best {
+            tracing::info!(to, "no longer a voter: handing leadership over");
+            self.raw.transfer_leader(to);
+        }
     }
 
     fn on_ready(&mut self) -> Result<()> {
@@ -511,6 +552,9 @@ impl<S: StateMachine> Driver<S> {
             .write()
             .restore(&data.state)
             .map_err(|e| RaftError::Storage(format!("snapshot {}: {e}", meta.index)))?;
+        self.metrics
+            .snapshots_installed
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         tracing::info!(
             index = meta.index,
             term = meta.term,
@@ -656,6 +700,9 @@ impl<S: StateMachine> Driver<S> {
             .mut_store()
             .save_snapshot(meta, &data.encode(), compact_to)?;
         self.log_bytes = 0;
+        self.metrics
+            .snapshots_taken
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         tracing::info!(
             index = self.applied,
             compacted_to = compact_to,
@@ -727,7 +774,10 @@ impl<S: StateMachine> Driver<S> {
                             matched: pr.matched,
                             next_index: pr.next_idx,
                             state: format!("{:?}", pr.state),
-                            recent_active: pr.recent_active,
+                            recent_active: *id == self.cfg.id
+                                || self.heard_at_tick.get(id).is_some_and(|t| {
+                                    self.ticks - t < self.cfg.election_tick as u64
+                                }),
                         },
                     )
                 })

@@ -37,6 +37,19 @@ pub enum RaftError {
 }
 
 impl RaftError {
+    /// A short, stable name of the variant, for metric labels and logs (`not_leader`,
+    /// `timeout`, `retry_later`, `invalid_argument`, `shutting_down`, `storage`).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            RaftError::NotLeader { .. } => "not_leader",
+            RaftError::Timeout(_) => "timeout",
+            RaftError::RetryLater(_) => "retry_later",
+            RaftError::InvalidArgument(_) => "invalid_argument",
+            RaftError::ShuttingDown => "shutting_down",
+            RaftError::Storage(_) => "storage",
+        }
+    }
+
     pub(crate) fn storage(e: impl std::fmt::Display) -> Self {
         RaftError::Storage(e.to_string())
     }

@@ -17,7 +17,8 @@
 //! - [`RaftNode`] is the API: [`RaftNode::propose`] resolves with the state machine's response
 //!   once the command is applied here; [`RaftNode::read`] is a linearizable read through
 //!   ReadIndex (no log write); membership changes go through ConfChangeV2 (learner, promote,
-//!   remove, replace with joint consensus); [`RaftNode::transfer_leader`]; [`Status`].
+//!   remove, replace with joint consensus); [`RaftNode::transfer_leader`], and
+//!   [`RaftNode::hand_off_leadership`] for a leader about to stop; [`Status`].
 //! - The driver (`driver` module) is the only code that touches raft-rs's `RawNode`, following
 //!   the Ready steps in order; see its docs for the steps and for how replies are matched to
 //!   proposals by id, never by FIFO position.
@@ -25,7 +26,14 @@
 //!   snapshot data in files, and syncs for real (sled's flush alone is not an fsync; see the
 //!   module docs).
 //! - [`transport`]: the [`Transport`] trait, the mutual-TLS gRPC implementation and the server
-//!   side. Tests wrap a transport to inject partitions, drops and delays.
+//!   side. Tests wrap a transport to inject partitions, drops and delays. [`RaftAdminService`]
+//!   serves the membership calls over gRPC (`RaftAdmin` in `proto/raft.proto`) for the CLIs.
+//!   A leader that removed itself hands leadership to the most caught-up remaining voter
+//!   (raft-rs alone would keep it leading).
+//! - [`metrics`]: each member's counters and latency histograms ([`RaftMetrics`], reached
+//!   through the mailbox or [`RaftNode::metrics`]): proposals and ReadIndex requests with their
+//!   latency, messages sent/dropped per peer, snapshots, and the driver's liveness heartbeat.
+//!   Relaxed atomics only; no global registry and no exporter (servers render them).
 //!
 //! ## Invariants
 //! - Persist before acknowledging: entries and hard state are durable (flush + fdatasync)
@@ -44,12 +52,14 @@
 //! - State machines that persist their own state (the state lives in memory and is made durable
 //!   by the log plus snapshots). Snapshots are produced synchronously on the driver thread.
 //! - Several groups per process sharing one storage; each member has its own data directory.
+//! - Metric export and health endpoints: the servers do that (`quorumkv-admin`).
 
 mod config;
 mod driver;
 mod error;
 mod logger;
 mod mailbox;
+pub mod metrics;
 mod node;
 mod state_machine;
 mod status;
@@ -59,10 +69,12 @@ pub mod transport;
 pub use config::{Bootstrap, NodeConfig};
 pub use error::{RaftError, Result};
 pub use mailbox::{mailbox, Delivery, Inbox, Mailbox};
+pub use metrics::{Histogram, HistogramSnapshot, RaftMetrics};
 pub use node::RaftNode;
 pub use raft::eraftpb::ConfState;
 pub use state_machine::StateMachine;
 pub use status::{PeerProgress, Role, Status};
+pub use transport::admin_service::RaftAdminService;
 pub use transport::grpc::{Dialer, GrpcTransport};
 pub use transport::service::RaftService;
 pub use transport::Transport;

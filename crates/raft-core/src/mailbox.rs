@@ -1,6 +1,7 @@
 //! The driver's inbox: everything that reaches the Raft node goes through one bounded channel,
 //! so the driver thread alone owns `RawNode` and nothing ever blocks waiting for it.
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use crossbeam_channel::{Receiver, Sender, TrySendError};
@@ -8,6 +9,7 @@ use raft::eraftpb::{ConfChangeV2, ConfState, Message};
 use tokio::sync::oneshot;
 
 use crate::error::{RaftError, Result};
+use crate::metrics::RaftMetrics;
 
 /// A request to the driver. Each carries a deadline and a reply channel where it needs one.
 pub(crate) enum Msg {
@@ -57,10 +59,12 @@ pub enum Delivery {
 }
 
 /// Sending side of a node's inbox. Cheap to clone; used by the node handle, the gRPC service
-/// that receives peer messages, and the transport (to report failures).
+/// that receives peer messages, and the transport (to report failures). It also carries the
+/// member's [`RaftMetrics`], since every part of the member holds it.
 #[derive(Clone)]
 pub struct Mailbox {
     tx: Sender<Msg>,
+    metrics: Arc<RaftMetrics>,
 }
 
 /// Receiving side of a node's inbox, consumed by [`crate::RaftNode::start`].
@@ -68,14 +72,21 @@ pub struct Inbox {
     pub(crate) rx: Receiver<Msg>,
 }
 
-/// Creates a node's inbox with room for `capacity` pending requests. When it is full, peer
-/// messages are dropped (Raft retransmits) and client requests fail with `RetryLater`.
+/// Creates a node's inbox with room for `capacity` pending requests, and the member's
+/// [`RaftMetrics`]. When the inbox is full, peer messages are dropped (Raft retransmits) and
+/// client requests fail with `RetryLater`.
 pub fn mailbox(capacity: usize) -> (Mailbox, Inbox) {
     let (tx, rx) = crossbeam_channel::bounded(capacity);
-    (Mailbox { tx }, Inbox { rx })
+    let metrics = Arc::new(RaftMetrics::new());
+    (Mailbox { tx, metrics }, Inbox { rx })
 }
 
 impl Mailbox {
+    /// The member's counters and histograms.
+    pub fn metrics(&self) -> &Arc<RaftMetrics> {
+        &self.metrics
+    }
+
     /// Delivers a raft message from a peer. A full inbox drops it (Raft retransmits); a
     /// closed one means this member stopped, and the caller should end the peer's stream so
     /// that the peer reconnects to whatever serves the address next.

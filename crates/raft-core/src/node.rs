@@ -1,6 +1,7 @@
 //! The public handle of one Raft member: propose, read, change membership, transfer leadership,
 //! observe status, shut down.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -14,6 +15,7 @@ use crate::config::NodeConfig;
 use crate::driver::Driver;
 use crate::error::{RaftError, Result};
 use crate::mailbox::{Inbox, Mailbox, Msg};
+use crate::metrics::RaftMetrics;
 use crate::state_machine::StateMachine;
 use crate::status::Status;
 use crate::transport::Transport;
@@ -25,6 +27,9 @@ use crate::transport::Transport;
 pub struct RaftNode<S: StateMachine> {
     id: u64,
     request_timeout: Duration,
+    /// `tick_interval * election_tick`: how long raft-rs keeps a leadership transfer going
+    /// before it gives up on it.
+    election_timeout: Duration,
     mailbox: Mailbox,
     sm: Arc<RwLock<S>>,
     status: watch::Receiver<Status>,
@@ -52,12 +57,20 @@ impl<S: StateMachine> RaftNode<S> {
     ) -> Result<Self> {
         let id = cfg.id;
         let request_timeout = cfg.request_timeout;
+        let election_timeout = cfg.tick_interval * cfg.election_tick as u32;
         let span = tracing::info_span!("raft", group = cfg.group_id, node = cfg.id);
         let sm = Arc::new(RwLock::new(state_machine));
         let (status_tx, status) = watch::channel(Status::default());
         let driver = {
             let _enter = span.enter();
-            Driver::new(cfg, sm.clone(), transport, inbox.rx, status_tx)?
+            Driver::new(
+                cfg,
+                sm.clone(),
+                transport,
+                inbox.rx,
+                status_tx,
+                mailbox.metrics().clone(),
+            )?
         };
         // The status is meaningful (persisted indices, members) from the moment start returns.
         driver.publish_status(None);
@@ -68,6 +81,7 @@ impl<S: StateMachine> RaftNode<S> {
         Ok(RaftNode {
             id,
             request_timeout,
+            election_timeout,
             mailbox,
             sm,
             status,
@@ -117,6 +131,12 @@ impl<S: StateMachine> RaftNode<S> {
     /// The mailbox of this member (for a `RaftService` created after the node).
     pub fn mailbox(&self) -> &Mailbox {
         &self.mailbox
+    }
+
+    /// This member's counters and latency histograms (shared with its mailbox, transport and
+    /// driver).
+    pub fn metrics(&self) -> &Arc<RaftMetrics> {
+        self.mailbox.metrics()
     }
 
     /// The latest published status.
@@ -177,24 +197,32 @@ impl<S: StateMachine> RaftNode<S> {
         command: Vec<u8>,
         timeout: Duration,
     ) -> Result<Vec<u8>> {
-        self.call(timeout, |deadline, reply| Msg::Propose {
-            command,
-            deadline,
-            reply,
-        })
-        .await
+        let start = Instant::now();
+        let result = self
+            .call(timeout, |deadline, reply| Msg::Propose {
+                command,
+                deadline,
+                reply,
+            })
+            .await;
+        self.metrics().proposals.record(start, &result);
+        result
     }
 
     /// Linearizable read barrier (ReadIndex): returns once this member has applied everything
     /// committed before the call, as confirmed by a quorum, without writing to the log. Works on
     /// followers too (raft-rs forwards the request to the leader).
     pub async fn read_index(&self) -> Result<u64> {
+        let start = Instant::now();
         let timeout = self.request_timeout;
-        self.call(timeout, |deadline, reply| Msg::ReadIndex {
-            deadline,
-            reply,
-        })
-        .await
+        let result = self
+            .call(timeout, |deadline, reply| Msg::ReadIndex {
+                deadline,
+                reply,
+            })
+            .await;
+        self.metrics().read_index.record(start, &result);
+        result
     }
 
     /// A linearizable read of the state machine: ReadIndex, then `f` on the state.
@@ -211,13 +239,81 @@ impl<S: StateMachine> RaftNode<S> {
 
     /// Moves leadership to voter `to`; returns once `to` is the leader.
     pub async fn transfer_leader(&self, to: u64) -> Result<()> {
-        let timeout = self.request_timeout;
+        self.transfer_leader_within(to, self.request_timeout).await
+    }
+
+    async fn transfer_leader_within(&self, to: u64, timeout: Duration) -> Result<()> {
         self.call(timeout, |deadline, reply| Msg::TransferLeader {
             to,
             deadline,
             reply,
         })
         .await
+    }
+
+    /// Before this member goes away (SIGTERM, rolling restart): if it leads, hands leadership
+    /// to the most caught-up other voter (highest `matched`, then recently active), so the
+    /// group gets a new leader at once instead of after an election timeout. Tries the next
+    /// best voter when a transfer does not complete (raft-rs abandons one after an election
+    /// timeout).
+    ///
+    /// Returns `Ok(None)` at once when this member does not lead (nothing to hand off),
+    /// `Ok(Some(id))` once member `id` leads, or `Timeout` when this member still leads after
+    /// `timeout`. While a transfer runs the leader refuses proposals with `RetryLater`.
+    pub async fn hand_off_leadership(&self, timeout: Duration) -> Result<Option<u64>> {
+        let deadline = Instant::now() + timeout;
+        let mut attempts: BTreeMap<u64, u32> = BTreeMap::new();
+        if !self.status().is_leader() {
+            return Ok(None);
+        }
+        loop {
+            let s = self.status();
+            if s.stopped {
+                return Err(RaftError::ShuttingDown);
+            }
+            if !s.is_leader() {
+                return Ok(s.leader_id.filter(|l| *l != self.id));
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(RaftError::Timeout(timeout));
+            }
+            // Fewest failed attempts first, then the most caught up, then recently active.
+            let target = s
+                .voters
+                .iter()
+                .filter(|id| **id != self.id)
+                .filter_map(|id| s.progress.get(id).map(|p| (*id, p)))
+                .max_by_key(|(id, p)| {
+                    (
+                        std::cmp::Reverse(attempts.get(id).copied().unwrap_or(0)),
+                        p.matched,
+                        p.recent_active,
+                    )
+                })
+                .map(|(id, _)| id);
+            let Some(to) = target else {
+                return Err(RaftError::InvalidArgument(
+                    "no other voter to hand leadership to".into(),
+                ));
+            };
+            *attempts.entry(to).or_default() += 1;
+            tracing::info!(to, "handing leadership over");
+            let attempt = left.min(self.election_timeout * 2);
+            match self.transfer_leader_within(to, attempt).await {
+                Ok(()) => return Ok(Some(to)),
+                Err(RaftError::NotLeader { leader_id, .. }) => {
+                    return Ok(leader_id.filter(|l| *l != self.id))
+                }
+                Err(RaftError::ShuttingDown) => return Err(RaftError::ShuttingDown),
+                Err(e) => {
+                    tracing::debug!(to, error = %e, "leadership transfer did not complete");
+                    // A transfer abandoned by raft-rs leaves a brief window; do not spin.
+                    let pause = Duration::from_millis(20).min(left);
+                    tokio::time::sleep(pause).await;
+                }
+            }
+        }
     }
 
     /// Proposes a membership change (one ConfChangeV2: several changes at once go through
@@ -294,12 +390,18 @@ impl<S: StateMachine> RaftNode<S> {
     /// Promotes learner `id` to voter once it has caught up (so the group does not wait on a
     /// voter that is still far behind).
     pub async fn promote(&self, id: u64) -> Result<ConfState> {
+        self.promote_within(id, self.request_timeout).await
+    }
+
+    /// [`RaftNode::promote`] giving the learner up to `catch_up` to catch up (a new member of a
+    /// large group receives a snapshot first).
+    pub async fn promote_within(&self, id: u64, catch_up: Duration) -> Result<ConfState> {
         if !self.status().learners.contains(&id) {
             return Err(RaftError::InvalidArgument(format!(
                 "member {id} is not a learner"
             )));
         }
-        self.wait_caught_up(id, self.request_timeout).await?;
+        self.wait_caught_up(id, catch_up).await?;
         self.change_membership(vec![change(ConfChangeType::AddNode, id)], vec![])
             .await
     }
@@ -325,13 +427,31 @@ impl<S: StateMachine> RaftNode<S> {
     /// caught up, then swaps the two in one joint-consensus change, so the group never has
     /// fewer voters than before.
     pub async fn replace_member(&self, old: u64, new_id: u64, addr: String) -> Result<ConfState> {
-        if !self.status().voters.contains(&old) {
+        self.replace_member_within(old, new_id, addr, self.request_timeout)
+            .await
+    }
+
+    /// [`RaftNode::replace_member`] giving the new member up to `catch_up` to catch up. When
+    /// `new_id` is already a learner at `addr` (an earlier call stopped after adding it), the
+    /// replacement resumes from there instead of failing.
+    pub async fn replace_member_within(
+        &self,
+        old: u64,
+        new_id: u64,
+        addr: String,
+        catch_up: Duration,
+    ) -> Result<ConfState> {
+        let s = self.status();
+        if !s.voters.contains(&old) {
             return Err(RaftError::InvalidArgument(format!(
                 "member {old} is not a voter"
             )));
         }
-        self.add_learner(new_id, addr).await?;
-        self.wait_caught_up(new_id, self.request_timeout).await?;
+        let resuming = s.learners.contains(&new_id) && s.members.get(&new_id) == Some(&addr);
+        if !resuming {
+            self.add_learner(new_id, addr).await?;
+        }
+        self.wait_caught_up(new_id, catch_up).await?;
         self.change_membership(
             vec![
                 change(ConfChangeType::AddNode, new_id),

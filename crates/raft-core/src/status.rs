@@ -33,7 +33,8 @@ pub struct PeerProgress {
     pub next_index: u64,
     /// raft-rs's replication state: `Probe`, `Replicate` or `Snapshot`.
     pub state: String,
-    /// Whether the member was heard from within the last election timeout.
+    /// Whether the member was heard from within the last election timeout (always true for
+    /// the leader itself).
     pub recent_active: bool,
 }
 
@@ -71,6 +72,21 @@ pub struct Status {
 impl Status {
     pub fn is_leader(&self) -> bool {
         self.role == Role::Leader
+    }
+
+    /// On the leader: whether a quorum of voters (of both configurations during a joint
+    /// change) was heard from within the last election timeout, counting the leader itself.
+    /// `None` on any other member. A leader without one steps down at its next quorum check.
+    pub fn quorum_active(&self) -> Option<bool> {
+        if !self.is_leader() {
+            return None;
+        }
+        let active =
+            |id: &u64| *id == self.id || self.progress.get(id).is_some_and(|p| p.recent_active);
+        let majority = |voters: &[u64]| {
+            voters.is_empty() || voters.iter().filter(|id| active(id)).count() * 2 > voters.len()
+        };
+        Some(majority(&self.voters) && majority(&self.voters_outgoing))
     }
 
     /// Address of the believed leader, if known.

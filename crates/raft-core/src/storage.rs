@@ -550,11 +550,12 @@ mod tests {
     use raft::Storage;
 
     fn entry(index: u64, term: u64) -> Entry {
-        let mut e = Entry::default();
-        e.index = index;
-        e.term = term;
-        e.data = vec![index as u8; 10].into();
-        e
+        Entry {
+            index,
+            term,
+            data: vec![index as u8; 10].into(),
+            ..Default::default()
+        }
     }
 
     fn members() -> BTreeMap<u64, String> {
@@ -569,9 +570,11 @@ mod tests {
             let b = BOOTSTRAP_INDEX;
             assert_eq!((s.first_index(), s.last_index()), (b + 1, b));
             assert_eq!(Storage::term(&s, b).unwrap(), b);
-            let mut hs = HardState::default();
-            hs.term = 7;
-            hs.commit = 8;
+            let mut hs = HardState {
+                term: 7,
+                commit: 8,
+                ..Default::default()
+            };
             let entries: Vec<_> = (6..=10).map(|i| entry(i, 6)).collect();
             s.append(&entries, Some(&hs), true).unwrap();
             // A commit-only hard state is recorded without a sync.
@@ -581,9 +584,11 @@ mod tests {
             s.append(&[entry(9, 7)], None, true).unwrap();
             assert_eq!(s.last_index(), 9);
             assert_eq!(Storage::term(&s, 9).unwrap(), 7);
-            let mut meta = SnapshotMetadata::default();
-            meta.index = 8;
-            meta.term = 6;
+            let mut meta = SnapshotMetadata {
+                index: 8,
+                term: 6,
+                ..Default::default()
+            };
             meta.mut_conf_state().voters = vec![1];
             let data = SnapshotData {
                 members: members(),

@@ -280,6 +280,42 @@ async fn leader_transfer_moves_leadership_to_the_named_member() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hand_off_picks_a_caught_up_voter_and_skips_a_lagging_one() {
+    let c = TestCluster::start(3, ClusterOptions::default()).await;
+    c.put("k", "v").await;
+    let leader = c.wait_leader(WAIT).await;
+    let others: Vec<u64> = c.ids().into_iter().filter(|i| *i != leader).collect();
+    // A follower that cannot hear the leader falls behind; the other one must be chosen.
+    let (lagging, caught_up) = (others[0], others[1]);
+    c.net.partition(&[&[leader, caught_up], &[lagging]]);
+    for i in 0..5 {
+        c.put(&format!("k{i}"), "v").await;
+    }
+    let term = c.node(leader).status().term;
+    let to = c
+        .node(leader)
+        .hand_off_leadership(Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert_eq!(to, Some(caught_up));
+    let st = c.node(caught_up).status();
+    assert!(st.is_leader() && st.term == term + 1, "{st:?}");
+    // Not leading any more: nothing to hand off.
+    assert_eq!(
+        c.node(leader)
+            .hand_off_leadership(Duration::from_secs(1))
+            .await,
+        Ok(None)
+    );
+    c.net.heal();
+    c.put("after", "v").await;
+    let node = c.node(leader);
+    let m = node.metrics();
+    assert!(m.proposals.total() >= 6, "{}", m.proposals.total());
+    assert!(m.proposals.latency.count() >= 6);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn partition_minority_cannot_commit_majority_serves_then_all_converge() {
     let c = TestCluster::start(5, ClusterOptions::default()).await;
     // Record every (term, leader) any member ever reports, to check election safety.

@@ -14,6 +14,9 @@
 //! - bounds every call by one deadline (default [`DEFAULT_TIMEOUT`]), after which it returns
 //!   [`ClientError::Timeout`].
 //!
+//! The same client reaches the controller group's own membership administration
+//! ([`CtrlerClient::raft_admin`], raft-core's `RaftAdmin` service) through the same loop.
+//!
 //! ## Exactly once
 //! The client picks a random non-zero client id and numbers its changes 1, 2, 3, … A change is
 //! retried under the same number until it gets an answer, and the controller applies each
@@ -33,6 +36,7 @@ use std::time::{Duration, Instant};
 
 use quorumkv_common::rpc::{ErrorKind, RpcError};
 use quorumkv_common::{HostPort, TlsMaterial};
+use quorumkv_proto::raft::raft_admin_client::RaftAdminClient;
 use quorumkv_proto::shardctrler as pb;
 use quorumkv_proto::shardctrler::shard_ctrler_client::ShardCtrlerClient;
 use rand::Rng;
@@ -44,6 +48,9 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 /// The longest a single attempt may take before the next member is tried. A leader that is
 /// alive answers well within it; a dead one is given up on long before the call's deadline.
 const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(3);
+/// The longest a single attempt of a [`CtrlerClient::raft_admin`] call may take: adding a
+/// member waits until it caught up (the server gives up after 30 s).
+pub const ADMIN_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(40);
 /// Connection timeout of a channel.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// First and largest pause between attempts.
@@ -224,6 +231,43 @@ impl CtrlerClient {
         Ok(reply?.into_inner().num)
     }
 
+    /// Replaces group `gid`'s server list (after its Raft membership changed), keeping every
+    /// shard where it is, and returns the new configuration's number.
+    pub async fn set_servers(&self, gid: u64, servers: Vec<String>) -> Result<u64, ClientError> {
+        let seq = self.next_seq().await;
+        let req = pb::SetServersRequest {
+            client_id: self.client_id,
+            seq: *seq,
+            gid,
+            servers,
+        };
+        let reply = self
+            .call(|mut c, t| {
+                let req = req.clone();
+                async move { c.set_servers(with_timeout(req, t)).await }
+            })
+            .await;
+        Ok(reply?.into_inner().num)
+    }
+
+    /// Calls the controller group's `RaftAdmin` service (membership of the controller group
+    /// itself) on its leader, with the same leader memory, hints and retries as every other
+    /// call. One attempt may last up to [`ADMIN_ATTEMPT_TIMEOUT`] (within the call's
+    /// deadline), because adding a member waits for it to catch up; the calls are safe to
+    /// repeat (see `proto/raft.proto`).
+    pub async fn raft_admin<T, A, F>(&self, attempt: A) -> Result<T, ClientError>
+    where
+        A: Fn(RaftAdminClient<Channel>, Duration) -> F,
+        F: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
+        let reply = self
+            .call_with(ADMIN_ATTEMPT_TIMEOUT, |channel, t| {
+                attempt(RaftAdminClient::new(channel), t)
+            })
+            .await?;
+        Ok(reply.into_inner())
+    }
+
     /// Takes the next sequence number. The guard is held until the change has its answer, so
     /// changes go one at a time; the number stays used whatever the outcome (after a timeout
     /// the request may still be applied, and a later change must not reuse its number).
@@ -272,6 +316,23 @@ impl CtrlerClient {
         A: Fn(ShardCtrlerClient<Channel>, Duration) -> F,
         F: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
     {
+        self.call_with(ATTEMPT_TIMEOUT, |channel, t| {
+            attempt(ShardCtrlerClient::new(channel), t)
+        })
+        .await
+    }
+
+    /// [`CtrlerClient::call`] for any service of the members, each attempt bounded by
+    /// `attempt_timeout`.
+    async fn call_with<T, A, F>(
+        &self,
+        attempt_timeout: Duration,
+        attempt: A,
+    ) -> Result<tonic::Response<T>, ClientError>
+    where
+        A: Fn(Channel, Duration) -> F,
+        F: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
         let started = Instant::now();
         let deadline = started + self.timeout;
         let mut rotation = self
@@ -295,9 +356,10 @@ impl CtrlerClient {
                     last_error,
                 });
             }
-            let per_attempt = left.min(ATTEMPT_TIMEOUT);
-            let client = ShardCtrlerClient::new(self.channel(&target)?);
-            let next = match tokio::time::timeout(per_attempt, attempt(client, per_attempt)).await {
+            let per_attempt = left.min(attempt_timeout);
+            let channel = self.channel(&target)?;
+            let next = match tokio::time::timeout(per_attempt, attempt(channel, per_attempt)).await
+            {
                 Ok(Ok(reply)) => {
                     *self.leader.lock().expect("leader poisoned") = Some(target);
                     return Ok(reply);

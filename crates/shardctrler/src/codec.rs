@@ -73,6 +73,10 @@ pub fn command_to_pb(cmd: &Command) -> pb::ControllerCommand {
             shard: *shard,
             gid: *gid,
         }),
+        Command::SetServers { gid, servers, .. } => Op::SetServers(pb::SetServersOp {
+            gid: *gid,
+            servers: servers.clone(),
+        }),
     };
     pb::ControllerCommand {
         client_id: id.client,
@@ -113,6 +117,11 @@ pub fn command_from_pb(c: pb::ControllerCommand) -> Result<Command, CtrlError> {
             id,
             shard: m.shard,
             gid: m.gid,
+        }),
+        Some(Op::SetServers(s)) => Ok(Command::SetServers {
+            id,
+            gid: s.gid,
+            servers: s.servers,
         }),
     }
 }
@@ -269,6 +278,11 @@ mod tests {
                 id: id(3, 9),
                 shard: 5,
                 gid: 1,
+            },
+            Command::SetServers {
+                id: id(3, 10),
+                gid: 2,
+                servers: vec!["c:1".into(), "b:1".into()],
             },
         ];
         for c in cmds {

@@ -41,6 +41,17 @@ pub enum Command {
         /// The gids to remove: non-empty, distinct, each in the latest configuration.
         gids: Vec<u64>,
     },
+    /// Record a new server list for one group (its Raft membership changed), keeping every
+    /// shard where it is: the next configuration differs only in that list.
+    SetServers {
+        /// The request this command belongs to.
+        id: RequestId,
+        /// A group in the latest configuration.
+        gid: u64,
+        /// Its servers from now on: the same rules as a Join's list (non-empty, well-formed,
+        /// distinct, used by no other group).
+        servers: Vec<String>,
+    },
     /// Give one shard to one group, without rebalancing. Holds until the next Join or Leave.
     Move {
         /// The request this command belongs to.
@@ -56,7 +67,10 @@ impl Command {
     /// The request this command belongs to.
     pub fn id(&self) -> RequestId {
         match self {
-            Command::Join { id, .. } | Command::Leave { id, .. } | Command::Move { id, .. } => *id,
+            Command::Join { id, .. }
+            | Command::Leave { id, .. }
+            | Command::SetServers { id, .. }
+            | Command::Move { id, .. } => *id,
         }
     }
 }
@@ -271,6 +285,10 @@ impl Controller {
                 }
                 next.shards = rebalance(&latest.shards, &next.gids());
             }
+            Command::SetServers { gid, servers, .. } => {
+                self.check_set_servers(gid, &servers)?;
+                next.groups.insert(gid, servers);
+            }
             Command::Move { shard, gid, .. } => {
                 let index = self.check_move(shard, gid)?;
                 next.shards[index] = gid;
@@ -284,15 +302,7 @@ impl Controller {
         if groups.is_empty() {
             return Err(invalid("join names no groups".into()));
         }
-        // canonical address → the gid it serves, seeded with the groups already present.
-        let mut owner_of: BTreeMap<String, u64> = BTreeMap::new();
-        for (gid, servers) in &latest.groups {
-            for server in servers {
-                if let Ok(key) = canonical_addr(server) {
-                    owner_of.insert(key, *gid);
-                }
-            }
-        }
+        let mut owner_of = self.address_owners(None);
         for (gid, servers) in groups {
             if *gid == UNASSIGNED {
                 return Err(invalid(
@@ -305,32 +315,48 @@ impl Controller {
                     latest.num
                 )));
             }
-            if servers.is_empty() {
-                return Err(invalid(format!("join: group {gid} lists no servers")));
+            check_servers("join", *gid, servers, &mut owner_of)?;
+        }
+        Ok(())
+    }
+
+    fn check_set_servers(&self, gid: u64, servers: &[String]) -> Result<(), CtrlError> {
+        let latest = self.latest();
+        if gid == UNASSIGNED {
+            return Err(invalid(
+                "set-servers: gid 0 is reserved for unassigned shards".into(),
+            ));
+        }
+        if !latest.groups.contains_key(&gid) {
+            return Err(invalid(format!(
+                "set-servers: group {gid} is not in configuration {}",
+                latest.num
+            )));
+        }
+        // The group's own current addresses may stay; no other group's may be taken.
+        check_servers(
+            "set-servers",
+            gid,
+            servers,
+            &mut self.address_owners(Some(gid)),
+        )
+    }
+
+    /// Canonical address → the gid it serves in the latest configuration, leaving out the
+    /// addresses of `except`.
+    fn address_owners(&self, except: Option<u64>) -> BTreeMap<String, u64> {
+        let mut owner_of = BTreeMap::new();
+        for (gid, servers) in &self.latest().groups {
+            if Some(*gid) == except {
+                continue;
             }
             for server in servers {
-                let key = canonical_addr(server).map_err(|why| {
-                    invalid(format!(
-                        "join: group {gid}: server address {server:?} {why}"
-                    ))
-                })?;
-                match owner_of.insert(key, *gid) {
-                    None => {}
-                    Some(other) if other == *gid => {
-                        return Err(invalid(format!(
-                            "join: group {gid} lists server {server:?} more than once"
-                        )));
-                    }
-                    Some(other) => {
-                        return Err(invalid(format!(
-                            "join: group {gid}: server {server:?} already belongs to group \
-                             {other}"
-                        )));
-                    }
+                if let Ok(key) = canonical_addr(server) {
+                    owner_of.insert(key, *gid);
                 }
             }
         }
-        Ok(())
+        owner_of
     }
 
     fn check_leave(&self, gids: &[u64]) -> Result<(), CtrlError> {
@@ -387,6 +413,136 @@ impl Controller {
     }
 }
 
+/// The rules for one group's server list (`op` names the command in messages): non-empty,
+/// every address well-formed, none listed twice, none serving another group. `owner_of` maps
+/// canonical addresses already taken to their gid and receives this group's.
+fn check_servers(
+    op: &str,
+    gid: u64,
+    servers: &[String],
+    owner_of: &mut BTreeMap<String, u64>,
+) -> Result<(), CtrlError> {
+    if servers.is_empty() {
+        return Err(invalid(format!("{op}: group {gid} lists no servers")));
+    }
+    for server in servers {
+        let key = canonical_addr(server).map_err(|why| {
+            invalid(format!(
+                "{op}: group {gid}: server address {server:?} {why}"
+            ))
+        })?;
+        match owner_of.insert(key, gid) {
+            None => {}
+            Some(other) if other == gid => {
+                return Err(invalid(format!(
+                    "{op}: group {gid} lists server {server:?} more than once"
+                )));
+            }
+            Some(other) => {
+                return Err(invalid(format!(
+                    "{op}: group {gid}: server {server:?} already belongs to group {other}"
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
 fn invalid(msg: String) -> CtrlError {
     CtrlError::InvalidArgument(msg)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(client: u64, seq: u64) -> RequestId {
+        RequestId { client, seq }
+    }
+
+    fn addrs(list: &[&str]) -> Vec<String> {
+        list.iter().map(|s| s.to_string()).collect()
+    }
+
+    /// Groups 1 (a, b, c) and 2 (d, e, f) over 8 shards, with shard 0 pinned to group 2 so
+    /// that the assignment is not merely what a rebalance would produce.
+    fn two_groups() -> Controller {
+        let mut c = Controller::with_shards(8).unwrap();
+        c.apply(Command::Join {
+            id: id(1, 1),
+            groups: BTreeMap::from([
+                (1, addrs(&["a:1", "b:1", "c:1"])),
+                (2, addrs(&["d:1", "e:1", "f:1"])),
+            ]),
+        })
+        .unwrap();
+        c.apply(Command::Move {
+            id: id(1, 2),
+            shard: 0,
+            gid: 2,
+        })
+        .unwrap();
+        c
+    }
+
+    #[test]
+    fn set_servers_changes_only_the_server_list() {
+        let mut c = two_groups();
+        let before = c.history().to_vec();
+        let prev = c.latest().clone();
+        let cmd = Command::SetServers {
+            id: id(2, 1),
+            gid: 1,
+            // Drops a, keeps b and c (in another order), adds g.
+            servers: addrs(&["c:1", "b:1", "g:1"]),
+        };
+        assert_eq!(c.apply(cmd.clone()), Ok(Applied { num: prev.num + 1 }));
+        let next = c.latest().clone();
+        assert_eq!(next.num, prev.num + 1);
+        assert_eq!(next.shards, prev.shards, "no shard moves");
+        assert_eq!(next.groups[&1], addrs(&["c:1", "b:1", "g:1"]));
+        assert_eq!(next.groups[&2], prev.groups[&2]);
+        assert_eq!(
+            &c.history()[..before.len()],
+            &before[..],
+            "history immutable"
+        );
+        assert_eq!(c.query(Some(prev.num)).unwrap(), &prev);
+
+        // Exactly once: the retry returns the same answer and creates nothing.
+        assert_eq!(c.apply(cmd), Ok(Applied { num: prev.num + 1 }));
+        assert_eq!(c.latest().num, prev.num + 1);
+    }
+
+    #[test]
+    fn set_servers_refuses_what_join_refuses() {
+        let mut c = two_groups();
+        let refused = |c: &mut Controller, seq: u64, gid: u64, servers: &[&str]| {
+            let before = c.clone();
+            let r = c.apply(Command::SetServers {
+                id: id(3, seq),
+                gid,
+                servers: addrs(servers),
+            });
+            let Err(CtrlError::InvalidArgument(why)) = r else {
+                panic!("{gid} {servers:?} accepted: {r:?}");
+            };
+            assert_eq!(c.history(), before.history(), "a refusal changed history");
+            why
+        };
+        assert!(refused(&mut c, 1, 0, &["x:1"]).contains("gid 0 is reserved"));
+        assert!(refused(&mut c, 2, 9, &["x:1"]).contains("group 9 is not in configuration"));
+        assert!(refused(&mut c, 3, 1, &[]).contains("lists no servers"));
+        assert!(refused(&mut c, 4, 1, &["nohost"]).contains("server address \"nohost\""));
+        assert!(refused(&mut c, 5, 1, &["x:1", "X:1"]).contains("more than once"));
+        assert!(refused(&mut c, 6, 1, &["a:1", "e:1"]).contains("already belongs to group 2"));
+        // The same list again is fine: it keeps the group's own addresses.
+        assert!(c
+            .apply(Command::SetServers {
+                id: id(3, 7),
+                gid: 1,
+                servers: addrs(&["a:1", "b:1", "c:1"]),
+            })
+            .is_ok());
+    }
 }

@@ -11,7 +11,7 @@
 //! # How the pieces fit
 //!
 //! - [`Controller`] is the state machine the Raft layer ([`sm`]) drives. Committed [`Command`]s
-//!   (`Join`, `Leave`, `Move`) go in through [`Controller::apply`], in log order, on every
+//!   (`Join`, `Leave`, `Move`, `SetServers`) go in through [`Controller::apply`], in log order, on every
 //!   replica; [`Controller::query`] reads a configuration by number. [`Controller::snapshot`]
 //!   and [`Controller::restore`] move the whole state as plain data.
 //! - `Join` and `Leave` rebalance through [`rebalance()`], which moves the fewest shards any
@@ -19,6 +19,9 @@
 //!   data migrated between groups, which is why "fewest" matters.
 //! - `Move` pins one shard to one group without rebalancing (for tests and operators); the pin
 //!   lasts until the next `Join` or `Leave`.
+//! - `SetServers` records a group's new server list after its Raft membership changed (the
+//!   `member` commands of the CLIs send it), with the same address rules as `Join` and the
+//!   shard assignment unchanged, so clients and other groups find the new members.
 //! - Join's server addresses must be `host:port`; [`check_server_addr`] applies the same rule
 //!   for callers that want to reject a bad address before proposing it.
 //! - Every refusal is a [`CtrlError`], named for what the caller should do about it.
@@ -49,25 +52,29 @@
 //!   versioned (snapshots carry a version; an unknown one is refused, not misread).
 //! - [`sm`]: [`ControllerSm`], the controller as a `quorumkv_raft_core::StateMachine`. It holds
 //!   the shard count it was started with and refuses a snapshot with another.
-//! - [`server`]: [`CtrlerService`], the `ShardCtrler` gRPC service. Join/Leave/Move are
-//!   proposed through Raft after the stateless checks (so garbage never reaches the log);
+//! - [`server`]: [`CtrlerService`], the `ShardCtrler` gRPC service. Join/Leave/Move/SetServers
+//!   are proposed through Raft after the stateless checks (so garbage never reaches the log);
 //!   Query is a linearizable ReadIndex read that never writes to the log, so polling does not
 //!   grow it. Errors become statuses here, following `quorumkv_common::rpc`.
 //! - [`node`]: [`CtrlerMember`] and [`serve()`], the wiring of one member (Raft node, mutual-TLS
 //!   transport, one listener serving both the Raft transport and `ShardCtrler`), and the shard
 //!   count stored in the data directory (`controller.meta`) so a member restarted with another
-//!   count refuses to start.
+//!   count refuses to start. It also runs the admin endpoint and the graceful shutdown
+//!   (refuse new requests, hand leadership over, drain).
+//! - [`admin`]: requests counted by operation and result, and [`admin::CtrlerAdmin`], the
+//!   member's view on the plain-HTTP admin port (`quorumkv-admin`).
 //!
 //! Clients use the `quorumkv-shardctrler-client` crate, which depends only on the wire types.
 //!
 //! # Deliberately left out
 //!
 //! Dedup sessions are never expired, as in the classic design: a client that went quiet may
-//! still have a retry in flight. Changing the controller group's own membership is left to the
-//! raft core's membership calls (a member can be started with `Bootstrap::Join`); there is no
-//! RPC for it yet.
+//! still have a retry in flight. The controller group's own membership is changed through
+//! raft-core's `RaftAdmin` service, which every member serves next to `ShardCtrler`
+//! (`shardctrler-client member ...`); nothing here records it.
 
 mod addr;
+pub mod admin;
 pub mod codec;
 mod config;
 mod controller;

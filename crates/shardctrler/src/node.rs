@@ -1,6 +1,7 @@
 //! One controller member, wired: mailbox → gRPC transport → Raft node hosting
-//! [`ControllerSm`] → one mutual-TLS tonic server that serves both the Raft transport (to the
-//! other members) and `ShardCtrler` (to clients) on a single listener.
+//! [`ControllerSm`] → one mutual-TLS tonic server that serves the Raft transport (to the other
+//! members), `RaftAdmin` (membership, for operators) and `ShardCtrler` (to clients) on a single
+//! listener.
 //!
 //! The shard count is fixed when the controller is created. The first start writes it to
 //! `DATA_DIR/controller.meta`; every later start compares, and a member started with another
@@ -9,23 +10,33 @@
 //!
 //! The binary and the tests use the same wiring: [`serve`] runs until a shutdown future
 //! resolves; [`CtrlerMember`] is the handle behind it, for callers (tests) that stop and
-//! restart members themselves.
+//! restart members themselves. With [`MemberOptions::admin`] the member also runs the
+//! plain-HTTP admin endpoint (health and metrics, see `quorumkv-admin`).
+//!
+//! # Graceful shutdown
+//! [`CtrlerMember::shutdown`] (the SIGTERM path), bounded by [`SHUTDOWN_LIMIT`]: close the
+//! request gate (new requests get `ShuttingDown`, readiness turns 503); if leading, hand
+//! leadership to the most caught-up voter while the Raft transport still runs; let admitted
+//! requests finish ([`IN_FLIGHT_TIMEOUT`]); stop the Raft node (storage is durable after every
+//! Ready; the peers' streams into this member end with it), then the gRPC server (short
+//! bounded drain), then the admin endpoint.
 
 use std::future::Future;
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use quorumkv_admin::{AdminServer, RequestGate};
 use quorumkv_common::TlsMaterial;
-use quorumkv_raft_core::{NodeConfig, RaftNode};
+use quorumkv_raft_core::{NodeConfig, RaftAdminService, RaftNode};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
-use tokio_stream::wrappers::TcpListenerStream;
 use tracing::Instrument;
 
+use crate::admin::{CtrlMetrics, CtrlerAdmin};
 use crate::server::CtrlerService;
 use crate::sm::ControllerSm;
 use crate::CtrlError;
@@ -40,8 +51,16 @@ pub const META_FILE: &str = "controller.meta";
 /// Requests queued for the Raft driver before new ones are refused with `RetryLater`.
 const MAILBOX_CAPACITY: usize = 16_384;
 
-/// How long a stopping member waits for its connections to close before dropping them.
-const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a stopping member's gRPC server waits for its connections to close before
+/// dropping them. Short: it runs after the admitted requests drained and the Raft node
+/// stopped, so only replies being written and idle streams remain.
+const DRAIN_TIMEOUT: Duration = Duration::from_millis(500);
+/// Upper bound of the whole of [`CtrlerMember::shutdown`].
+pub const SHUTDOWN_LIMIT: Duration = Duration::from_secs(10);
+/// How long a stopping leader tries to hand leadership over.
+pub const HAND_OFF_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long a stopping member lets admitted requests finish.
+pub const IN_FLIGHT_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Everything one controller member needs.
 #[derive(Debug, Clone)]
@@ -53,14 +72,21 @@ pub struct MemberOptions {
     pub num_shards: usize,
     /// This member's certificate (server and client identity) and the cluster CA.
     pub tls: TlsMaterial,
+    /// Address of the plain-HTTP admin endpoint (`/health/alive`, `/health/ready`,
+    /// `/metrics`); port 0 picks a free port (see [`CtrlerMember::admin_addr`]). `None`: no
+    /// admin endpoint.
+    pub admin: Option<SocketAddr>,
 }
 
 /// A running controller member.
 pub struct CtrlerMember {
     node: Arc<RaftNode<ControllerSm>>,
     local_addr: SocketAddr,
+    gate: Arc<RequestGate>,
+    metrics: Arc<CtrlMetrics>,
     stop: Option<oneshot::Sender<()>>,
     server: JoinHandle<()>,
+    admin: Option<AdminServer>,
 }
 
 fn cannot_start(e: impl std::fmt::Display) -> CtrlError {
@@ -144,7 +170,9 @@ impl CtrlerMember {
             mut raft,
             num_shards,
             tls,
+            admin,
         } = opts;
+        let started = Instant::now();
         raft.group_id = CONTROLLER_GROUP_ID;
         raft.validate().map_err(cannot_start)?;
         let id = raft.id;
@@ -155,16 +183,42 @@ impl CtrlerMember {
         let (node, raft_service) =
             RaftNode::start_grpc(raft, sm, tls.clone(), MAILBOX_CAPACITY).map_err(cannot_start)?;
         let node = Arc::new(node);
+        let gate = RequestGate::new();
+        let metrics = Arc::new(CtrlMetrics::new());
+        let span = tracing::info_span!("ctrler", node = id);
+        let admin = match admin {
+            Some(addr) => {
+                let source = CtrlerAdmin {
+                    node: node.clone(),
+                    gate: gate.clone(),
+                    metrics: metrics.clone(),
+                    started,
+                };
+                match AdminServer::bind(addr, Arc::new(source))
+                    .instrument(span.clone())
+                    .await
+                {
+                    Ok(s) => Some(s),
+                    Err(e) => {
+                        node.shutdown().await;
+                        return Err(cannot_start(format!("admin endpoint: {e}")));
+                    }
+                }
+            }
+            None => None,
+        };
         let server = tonic::transport::Server::builder()
             .tls_config(tls.server_config())
             .map_err(|e| cannot_start(format!("TLS configuration: {e}")))?
             .add_service(raft_service.into_server())
-            .add_service(CtrlerService::new(node.clone()).into_server());
+            .add_service(RaftAdminService::new(node.clone()).into_server())
+            .add_service(
+                CtrlerService::new(node.clone(), gate.clone(), metrics.clone()).into_server(),
+            );
         let (stop, stopped) = oneshot::channel::<()>();
-        let span = tracing::info_span!("ctrler", node = id);
         let server = tokio::spawn(
             async move {
-                let incoming = TcpListenerStream::new(listener);
+                let incoming = quorumkv_raft_core::transport::incoming(listener);
                 let signal = async {
                     let _ = stopped.await;
                 };
@@ -178,8 +232,11 @@ impl CtrlerMember {
         Ok(CtrlerMember {
             node,
             local_addr,
+            gate,
+            metrics,
             stop: Some(stop),
             server,
+            admin,
         })
     }
 
@@ -193,21 +250,59 @@ impl CtrlerMember {
         self.local_addr
     }
 
-    /// Stops the member: the Raft node first (pending requests fail with `ShuttingDown`, peer
-    /// streams end), then the server, which closes the listener at once and gives open
-    /// connections two seconds to finish.
-    pub async fn shutdown(mut self) {
+    /// The admin endpoint's address, when it runs.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin.as_ref().map(AdminServer::local_addr)
+    }
+
+    /// Request counters of this member.
+    pub fn metrics(&self) -> &Arc<CtrlMetrics> {
+        &self.metrics
+    }
+
+    /// Stops the member gracefully within [`SHUTDOWN_LIMIT`] (see the module docs). Returns
+    /// the member that leads afterwards, if leadership was handed over.
+    pub async fn shutdown(mut self) -> Option<u64> {
+        let deadline = Instant::now() + SHUTDOWN_LIMIT;
+        let left = move || deadline.saturating_duration_since(Instant::now());
+        let id = self.node.id();
+        self.gate.close();
+        let new_leader = match self
+            .node
+            .hand_off_leadership(HAND_OFF_TIMEOUT.min(left()))
+            .await
+        {
+            Ok(to) => to,
+            Err(e) => {
+                tracing::warn!(node = id, error = %e, "leadership not handed over; the group will elect");
+                None
+            }
+        };
+        if let Some(to) = new_leader {
+            tracing::info!(node = id, to, "leadership handed over");
+        }
+        if !self.gate.drained(IN_FLIGHT_TIMEOUT.min(left())).await {
+            tracing::warn!(
+                node = id,
+                in_flight = self.gate.in_flight(),
+                "requests still in flight; they fail with ShuttingDown"
+            );
+        }
         self.node.shutdown().await;
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
-        if tokio::time::timeout(DRAIN_TIMEOUT, &mut self.server)
+        if tokio::time::timeout(DRAIN_TIMEOUT.min(left()), &mut self.server)
             .await
             .is_err()
         {
             self.server.abort();
         }
-        tracing::info!(node = self.node.id(), "controller member stopped");
+        if let Some(admin) = self.admin.take() {
+            admin.shutdown().await;
+        }
+        tracing::info!(node = id, "controller member stopped");
+        new_leader
     }
 }
 

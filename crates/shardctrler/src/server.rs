@@ -1,6 +1,6 @@
 //! The gRPC edge of a controller member: the `ShardCtrler` service.
 //!
-//! Join, Leave and Move are proposed through Raft and answered with what `apply` returned on
+//! Join, Leave, Move and SetServers are proposed through Raft and answered with what `apply` returned on
 //! this member. Query is a linearizable read (ReadIndex): it never writes to the log, so groups
 //! can poll it as often as they like without growing it. Status is local.
 //!
@@ -10,10 +10,17 @@
 //! need the configuration (a gid already in, an unknown gid); this edge is only a shortcut.
 //!
 //! Errors become [`tonic::Status`] here and nowhere else, following `quorumkv_common::rpc`.
+//!
+//! Join, Leave, Move, SetServers and Query pass the member's [`RequestGate`] (refused with `ShuttingDown`
+//! once the member stops, so clients go to another member) and are counted by operation and
+//! result in [`CtrlMetrics`]. Status is always answered.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::future::Future;
 use std::sync::Arc;
+use std::time::Instant;
 
+use quorumkv_admin::RequestGate;
 use quorumkv_common::rpc::{to_status, ErrorKind};
 use quorumkv_proto::shardctrler as pb;
 use quorumkv_proto::shardctrler::shard_ctrler_server::{ShardCtrler, ShardCtrlerServer};
@@ -21,6 +28,7 @@ use quorumkv_raft_core::RaftNode;
 use tonic::{Request, Response, Status};
 
 use crate::addr::canonical_addr;
+use crate::admin::{CtrlMetrics, Op};
 use crate::sm::ControllerSm;
 use crate::{codec, Command, CtrlError, UNASSIGNED};
 
@@ -28,12 +36,46 @@ use crate::{codec, Command, CtrlError, UNASSIGNED};
 pub struct CtrlerService {
     node: Arc<RaftNode<ControllerSm>>,
     num_shards: usize,
+    gate: Arc<RequestGate>,
+    metrics: Arc<CtrlMetrics>,
 }
 
 impl CtrlerService {
-    pub fn new(node: Arc<RaftNode<ControllerSm>>) -> Self {
+    /// `gate` admits requests until the member stops; `metrics` counts them.
+    pub fn new(
+        node: Arc<RaftNode<ControllerSm>>,
+        gate: Arc<RequestGate>,
+        metrics: Arc<CtrlMetrics>,
+    ) -> Self {
         let num_shards = node.read_local(|sm| sm.controller().num_shards());
-        CtrlerService { node, num_shards }
+        CtrlerService {
+            node,
+            num_shards,
+            gate,
+            metrics,
+        }
+    }
+
+    /// Runs one request of `op` inside the gate, counted and timed.
+    async fn admitted<T>(
+        &self,
+        op: Op,
+        f: impl Future<Output = Result<Response<T>, Status>>,
+    ) -> Result<Response<T>, Status> {
+        let start = Instant::now();
+        let result = match self.gate.enter() {
+            Some(guard) => {
+                let r = f.await;
+                drop(guard);
+                r
+            }
+            None => Err(to_status(
+                ErrorKind::ShuttingDown,
+                "this controller member is shutting down; use another member",
+            )),
+        };
+        self.metrics.record(op, start, &result);
+        result
     }
 
     /// The tonic server wrapper. Configurations grow with the shard count and the number of
@@ -132,6 +174,27 @@ fn precheck(cmd: &Command, num_shards: usize) -> Result<(), CtrlError> {
                 }
             }
         }
+        Command::SetServers { gid, servers, .. } => {
+            if *gid == UNASSIGNED {
+                return invalid("set-servers: gid 0 is reserved for unassigned shards".into());
+            }
+            if servers.is_empty() {
+                return invalid(format!("set-servers: group {gid} lists no servers"));
+            }
+            let mut seen = BTreeSet::new();
+            for server in servers {
+                let key = canonical_addr(server).map_err(|why| {
+                    CtrlError::InvalidArgument(format!(
+                        "set-servers: group {gid}: server address {server:?} {why}"
+                    ))
+                })?;
+                if !seen.insert(key) {
+                    return invalid(format!(
+                        "set-servers: group {gid} lists server {server:?} more than once"
+                    ));
+                }
+            }
+        }
         Command::Move { shard, gid, .. } => {
             if usize::try_from(*shard).map_or(true, |s| s >= num_shards) {
                 return invalid(format!(
@@ -155,14 +218,14 @@ impl ShardCtrler for CtrlerService {
         request: Request<pb::JoinRequest>,
     ) -> Result<Response<pb::ChangeReply>, Status> {
         let r = request.into_inner();
-        self.change(pb::ControllerCommand {
+        let cmd = pb::ControllerCommand {
             client_id: r.client_id,
             seq: r.seq,
             op: Some(pb::controller_command::Op::Join(pb::JoinOp {
                 groups: r.groups,
             })),
-        })
-        .await
+        };
+        self.admitted(Op::Join, self.change(cmd)).await
     }
 
     async fn leave(
@@ -170,14 +233,14 @@ impl ShardCtrler for CtrlerService {
         request: Request<pb::LeaveRequest>,
     ) -> Result<Response<pb::ChangeReply>, Status> {
         let r = request.into_inner();
-        self.change(pb::ControllerCommand {
+        let cmd = pb::ControllerCommand {
             client_id: r.client_id,
             seq: r.seq,
             op: Some(pb::controller_command::Op::Leave(pb::LeaveOp {
                 gids: r.gids,
             })),
-        })
-        .await
+        };
+        self.admitted(Op::Leave, self.change(cmd)).await
     }
 
     async fn r#move(
@@ -185,15 +248,31 @@ impl ShardCtrler for CtrlerService {
         request: Request<pb::MoveRequest>,
     ) -> Result<Response<pb::ChangeReply>, Status> {
         let r = request.into_inner();
-        self.change(pb::ControllerCommand {
+        let cmd = pb::ControllerCommand {
             client_id: r.client_id,
             seq: r.seq,
             op: Some(pb::controller_command::Op::Move(pb::MoveOp {
                 shard: r.shard,
                 gid: r.gid,
             })),
-        })
-        .await
+        };
+        self.admitted(Op::Move, self.change(cmd)).await
+    }
+
+    async fn set_servers(
+        &self,
+        request: Request<pb::SetServersRequest>,
+    ) -> Result<Response<pb::ChangeReply>, Status> {
+        let r = request.into_inner();
+        let cmd = pb::ControllerCommand {
+            client_id: r.client_id,
+            seq: r.seq,
+            op: Some(pb::controller_command::Op::SetServers(pb::SetServersOp {
+                gid: r.gid,
+                servers: r.servers,
+            })),
+        };
+        self.admitted(Op::SetServers, self.change(cmd)).await
     }
 
     async fn query(
@@ -201,15 +280,18 @@ impl ShardCtrler for CtrlerService {
         request: Request<pb::QueryRequest>,
     ) -> Result<Response<pb::QueryReply>, Status> {
         let num = request.into_inner().num;
-        let config = self
-            .node
-            .read(|sm| sm.controller().query(num).map(codec::config_to_pb))
-            .await
-            .map_err(Status::from)?
-            .map_err(error_status)?;
-        Ok(Response::new(pb::QueryReply {
-            config: Some(config),
-        }))
+        let query = async {
+            let config = self
+                .node
+                .read(|sm| sm.controller().query(num).map(codec::config_to_pb))
+                .await
+                .map_err(Status::from)?
+                .map_err(error_status)?;
+            Ok(Response::new(pb::QueryReply {
+                config: Some(config),
+            }))
+        };
+        self.admitted(Op::Query, query).await
     }
 
     async fn status(
@@ -278,6 +360,26 @@ mod tests {
                 id: ID,
                 shard: 0,
                 gid: 0,
+            },
+            Command::SetServers {
+                id: ID,
+                gid: 0,
+                servers: vec!["a:1".into()],
+            },
+            Command::SetServers {
+                id: ID,
+                gid: 1,
+                servers: vec![],
+            },
+            Command::SetServers {
+                id: ID,
+                gid: 1,
+                servers: vec!["a:1".into(), "A:1".into()],
+            },
+            Command::SetServers {
+                id: ID,
+                gid: 1,
+                servers: vec!["nohost".into()],
             },
         ] {
             assert!(precheck(&bad, 8).is_err(), "{bad:?} accepted");

@@ -70,6 +70,7 @@ impl Ctl {
             raft,
             num_shards,
             tls: self.pki.node.clone(),
+            admin: Some("127.0.0.1:0".parse().unwrap()),
         }
     }
 
@@ -608,4 +609,43 @@ async fn a_member_refuses_another_shard_count() {
     }
     c.launch(3, SHARDS).await.unwrap();
     c.converged().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopping_leader_hands_over_and_the_admin_port_counts_requests() {
+    let mut c = Ctl::start(3).await;
+    let ck = c.client();
+    let num = ck.join(one(1)).await.unwrap();
+    let leader = c.wait_leader().await;
+    c.converged().await;
+    let http = |url: String| async move {
+        tokio::task::spawn_blocking(move || quorumkv_admin::get(&url, Duration::from_secs(5)))
+            .await
+            .unwrap()
+            .unwrap()
+    };
+    let admin = |id: u64| format!("http://{}", c.members[&id].admin_addr().unwrap());
+    for id in c.members.keys() {
+        let (code, body) = http(format!("{}/health/ready", admin(*id))).await;
+        assert_eq!(code, 200, "member {id}: {body}");
+    }
+    let (code, text) = http(format!("{}/metrics", admin(leader))).await;
+    assert_eq!(code, 200);
+    let joins = format!(
+        "quorumkv_ctrler_requests_total{{group=\"0\",node=\"{leader}\",op=\"join\",result=\"ok\"}} 1"
+    );
+    assert!(text.contains(&joins), "no {joins} in\n{text}");
+    assert!(text.contains(&format!(
+        "quorumkv_ctrler_config_num{{group=\"0\",node=\"{leader}\"}} {num}"
+    )));
+
+    let term = c.statuses()[&leader].term;
+    let member = c.members.remove(&leader).unwrap();
+    let start = Instant::now();
+    let to = member.shutdown().await.expect("leadership handed over");
+    assert!(start.elapsed() < Duration::from_secs(10));
+    let st = c.statuses()[&to].clone();
+    assert!(st.is_leader() && st.term == term + 1, "{st:?}");
+    ck.join(one(2)).await.unwrap();
+    assert_eq!(latest(&ck).await.num, num + 1);
 }

@@ -1,4 +1,4 @@
-//! Property tests: random Join/Leave/Move sequences, invalid and retried ones included, keep
+//! Property tests: random Join/Leave/Move/SetServers sequences, invalid and retried ones included, keep
 //! every invariant after every step, and replaying a sequence reproduces the same controller.
 
 mod support;
@@ -60,6 +60,11 @@ enum Op {
         shard: u64,
         gid: Gid,
     },
+    SetServers {
+        client: u64,
+        gid: Gid,
+        servers: Servers,
+    },
     /// Re-deliver the client's last command under its last seq.
     Retry {
         client: u64,
@@ -94,6 +99,8 @@ fn op() -> impl Strategy<Value = Op> {
             .prop_map(|(client, gids)| Op::Leave { client, gids }),
         2 => (client.clone(), 0u64..14, gid())
             .prop_map(|(client, shard, gid)| Op::Move { client, shard, gid }),
+        2 => (client.clone(), gid(), servers())
+            .prop_map(|(client, gid, servers)| Op::SetServers { client, gid, servers }),
         1 => client.clone().prop_map(|client| Op::Retry { client }),
         1 => client.prop_map(|client| Op::Stale { client }),
     ]
@@ -152,6 +159,20 @@ fn expect_ok(cmd: &Command, prev: &Config) -> bool {
         Command::Move { shard, gid, .. } => {
             (*shard as usize) < prev.shards.len() && prev.groups.contains_key(gid)
         }
+        Command::SetServers { gid, servers, .. } => {
+            let mut used: BTreeSet<String> = prev
+                .groups
+                .iter()
+                .filter(|(g, _)| *g != gid)
+                .flat_map(|(_, s)| s)
+                .filter_map(identity)
+                .collect();
+            prev.groups.contains_key(gid)
+                && !servers.is_empty()
+                && servers
+                    .iter()
+                    .all(|addr| identity(addr).is_some_and(|id| used.insert(id)))
+        }
     }
 }
 
@@ -209,6 +230,21 @@ fn run(num_shards: usize, ops: &[Op]) -> Controller {
                     gid: resolve(gid, &prev),
                 },
             ),
+            Op::SetServers {
+                client,
+                gid,
+                servers,
+            } => {
+                let gid = resolve(gid, &prev);
+                (
+                    *client,
+                    Command::SetServers {
+                        id: id(*client, 0),
+                        gid,
+                        servers: server_list(gid, servers),
+                    },
+                )
+            }
         };
         let seq = last.get(&client).map_or(1, |l| l.0 + 1);
         let cmd = with_seq(cmd, seq);
@@ -267,6 +303,12 @@ fn run(num_shards: usize, ops: &[Op]) -> Controller {
                 assert_eq!(next.owner(*shard), Some(*gid));
                 assert!(moved(&prev, &next) <= 1);
             }
+            Command::SetServers { gid, servers, .. } => {
+                assert_eq!(next.shards, prev.shards, "set-servers moved shards");
+                let mut expected = prev.groups.clone();
+                expected.insert(*gid, servers.clone());
+                assert_eq!(next.groups, expected);
+            }
         }
     }
     // Every configuration ever created still satisfies the ownership invariant.
@@ -282,9 +324,10 @@ fn id(client: u64, seq: u64) -> RequestId {
 
 fn with_seq(mut cmd: Command, seq: u64) -> Command {
     match &mut cmd {
-        Command::Join { id, .. } | Command::Leave { id, .. } | Command::Move { id, .. } => {
-            id.seq = seq
-        }
+        Command::Join { id, .. }
+        | Command::Leave { id, .. }
+        | Command::Move { id, .. }
+        | Command::SetServers { id, .. } => id.seq = seq,
     }
     cmd
 }

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 use quorumkv_common::rpc::{ErrorKind, RpcError};
 use quorumkv_common::{HostPort, TlsMaterial};
+use quorumkv_proto::raft::raft_admin_client::RaftAdminClient;
 use quorumkv_proto::shardkv::shard_kv_client::ShardKvClient;
 use tonic::transport::{Channel, Endpoint};
 
@@ -37,6 +38,13 @@ impl GroupCaller {
 
     /// A client for one server (lazily connected, shared channel).
     pub fn client(&self, addr: &str) -> Result<ShardKvClient<Channel>, RpcError> {
+        Ok(ShardKvClient::new(self.channel(addr)?)
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES))
+    }
+
+    /// The shared, lazily connected channel to one server.
+    fn channel(&self, addr: &str) -> Result<Channel, RpcError> {
         let mut channels = self.channels.lock();
         let channel = match channels.get(addr) {
             Some(c) => c.clone(),
@@ -54,9 +62,7 @@ impl GroupCaller {
                 c
             }
         };
-        Ok(ShardKvClient::new(channel)
-            .max_decoding_message_size(MAX_MESSAGE_BYTES)
-            .max_encoding_message_size(MAX_MESSAGE_BYTES))
+        Ok(channel)
     }
 
     /// Calls `f` on the leader of group `gid` (servers `servers`), following `NotLeader`
@@ -72,6 +78,50 @@ impl GroupCaller {
     ) -> Result<T, RpcError>
     where
         F: FnMut(ShardKvClient<Channel>) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
+        self.call_with(gid, servers, deadline, ATTEMPT_TIMEOUT, |channel| {
+            f(ShardKvClient::new(channel)
+                .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(MAX_MESSAGE_BYTES))
+        })
+        .await
+    }
+
+    /// [`GroupCaller::call`] for the group's `RaftAdmin` service (membership administration),
+    /// with the same leader memory, hints and retries. One attempt may last until `deadline`,
+    /// because adding a member waits until it caught up; the calls are safe to repeat (see
+    /// `proto/raft.proto`).
+    pub async fn call_admin<T, F, Fut>(
+        &self,
+        gid: u64,
+        servers: &[String],
+        deadline: Instant,
+        mut f: F,
+    ) -> Result<T, RpcError>
+    where
+        F: FnMut(RaftAdminClient<Channel>) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
+        let attempt = deadline.saturating_duration_since(Instant::now());
+        self.call_with(gid, servers, deadline, attempt, |channel| {
+            f(RaftAdminClient::new(channel))
+        })
+        .await
+    }
+
+    /// The retry loop behind [`GroupCaller::call`] and [`GroupCaller::call_admin`], for any
+    /// service of the group's servers; each attempt bounded by `attempt_timeout`.
+    async fn call_with<T, F, Fut>(
+        &self,
+        gid: u64,
+        servers: &[String],
+        deadline: Instant,
+        attempt_timeout: Duration,
+        mut f: F,
+    ) -> Result<T, RpcError>
+    where
+        F: FnMut(Channel) -> Fut,
         Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
     {
         if servers.is_empty() {
@@ -97,20 +147,16 @@ impl GroupCaller {
                     last.unwrap_or_else(|| RpcError::new(ErrorKind::Timeout, "deadline passed"))
                 );
             }
-            let result = match self.client(&target) {
-                Ok(client) => {
-                    match tokio::time::timeout(left.min(ATTEMPT_TIMEOUT), f(client)).await {
-                        Ok(Ok(resp)) => Ok(resp.into_inner()),
-                        Ok(Err(status)) => Err(RpcError::from_status(&status)),
-                        Err(_) => Err(RpcError::new(
-                            ErrorKind::Timeout,
-                            format!(
-                                "{target} did not answer within {:?}",
-                                left.min(ATTEMPT_TIMEOUT)
-                            ),
-                        )),
-                    }
-                }
+            let per_attempt = left.min(attempt_timeout);
+            let result = match self.channel(&target) {
+                Ok(channel) => match tokio::time::timeout(per_attempt, f(channel)).await {
+                    Ok(Ok(resp)) => Ok(resp.into_inner()),
+                    Ok(Err(status)) => Err(RpcError::from_status(&status)),
+                    Err(_) => Err(RpcError::new(
+                        ErrorKind::Timeout,
+                        format!("{target} did not answer within {per_attempt:?}"),
+                    )),
+                },
                 Err(e) => Err(e),
             };
             let err = match result {

@@ -15,7 +15,11 @@
 //!   proposes configurations strictly one at a time, pulls incoming shards from their previous
 //!   owners in bounded chunks (each installed through the log), then has the previous owner
 //!   delete its copy (garbage collection) and marks the shard fully owned.
-//! - [`node::KvMember`] wires one member (Raft node, TLS server, migration task).
+//! - [`node::KvMember`] wires one member (Raft node, TLS server, migration task, admin
+//!   endpoint) and stops it gracefully (refuse new requests, hand leadership over, drain).
+//! - [`metrics`] counts client requests by operation and result, and migration progress;
+//!   [`admin::KvAdmin`] shows them, the state of each shard and the Raft metrics on the
+//!   admin port (`quorumkv-admin`).
 //!
 //! A shard is served from the moment it has fully arrived, even while other shards of the same
 //! configuration are still missing; shards that do not move keep being served throughout.
@@ -23,6 +27,8 @@
 //! Deliberately left out: the shard data lives in memory (made durable by the Raft log in sled
 //! plus snapshots), so a group's data must fit in its members' memory.
 
+pub mod admin;
+pub mod metrics;
 pub mod migrate;
 pub mod node;
 pub mod service;

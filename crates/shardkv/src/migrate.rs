@@ -16,6 +16,7 @@ use quorumkv_shardctrler_client::CtrlerClient;
 use quorumkv_shardkv_client::GroupCaller;
 use tokio::sync::watch;
 
+use crate::metrics::KvMetrics;
 use crate::service::{propose, MAX_CHUNK_BYTES};
 use crate::state::{config_to_pb, ShardKvState};
 
@@ -29,6 +30,7 @@ pub async fn run(
     node: Arc<RaftNode<ShardKvState>>,
     ctrler: Arc<CtrlerClient>,
     groups: Arc<GroupCaller>,
+    metrics: Arc<KvMetrics>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut tick = tokio::time::interval(POLL_INTERVAL);
@@ -57,6 +59,7 @@ pub async fn run(
                 pull(
                     &node,
                     &groups,
+                    &metrics,
                     view.config_num,
                     shard,
                     from,
@@ -69,6 +72,7 @@ pub async fn run(
             collect(
                 &node,
                 &groups,
+                &metrics,
                 view.config_num,
                 shard,
                 from,
@@ -102,6 +106,7 @@ async fn next_config(node: &RaftNode<ShardKvState>, ctrler: &CtrlerClient, curre
 async fn pull(
     node: &RaftNode<ShardKvState>,
     groups: &GroupCaller,
+    metrics: &KvMetrics,
     config_num: u64,
     shard: u64,
     from: u64,
@@ -126,11 +131,13 @@ async fn pull(
             Ok(r) => r,
             Err(e) => {
                 tracing::debug!(shard, from, error = %e, "pull failed; will retry");
+                KvMetrics::add(&metrics.pull_failures, 1);
                 return;
             }
         };
         let last = reply.entries.last().map(|kv| kv.key.clone());
         let done = reply.done;
+        let keys = reply.entries.len() as u64;
         let chunk = pb::InsertChunk {
             config_num,
             shard,
@@ -143,7 +150,10 @@ async fn pull(
             tracing::debug!(shard, error = %e, "chunk not installed; will retry");
             return;
         }
+        KvMetrics::add(&metrics.chunks_installed, 1);
+        KvMetrics::add(&metrics.keys_installed, keys);
         if done {
+            KvMetrics::add(&metrics.shards_installed, 1);
             tracing::info!(shard, from, config = config_num, "shard installed");
             return;
         }
@@ -152,9 +162,11 @@ async fn pull(
 }
 
 /// Tells group `from` to delete its copy of `shard`, then marks the shard fully ours.
+#[allow(clippy::too_many_arguments)]
 async fn collect(
     node: &RaftNode<ShardKvState>,
     groups: &GroupCaller,
+    metrics: &KvMetrics,
     config_num: u64,
     shard: u64,
     from: u64,
@@ -172,7 +184,8 @@ async fn collect(
         return;
     }
     let done = pb::ShardDone { config_num, shard };
-    if let Err(e) = propose(node, pb::command::Cmd::ShardDone(done)).await {
-        tracing::debug!(shard, error = %e, "shard not marked done; will retry");
+    match propose(node, pb::command::Cmd::ShardDone(done)).await {
+        Ok(()) => KvMetrics::add(&metrics.shards_collected, 1),
+        Err(e) => tracing::debug!(shard, error = %e, "shard not marked done; will retry"),
     }
 }

@@ -1,28 +1,58 @@
 //! One shardkv member, wired: a Raft node hosting [`ShardKvState`], one mutual-TLS gRPC
-//! server serving both the Raft transport and `ShardKv` on a single listener, and the
-//! migration task (active only while this member leads).
+//! server serving the Raft transport, `RaftAdmin` (membership) and `ShardKv` on a single
+//! listener, the migration
+//! task (active only while this member leads), and optionally the plain-HTTP admin endpoint
+//! (health and metrics, see `quorumkv-admin`).
+//!
+//! # Graceful shutdown
+//! [`KvMember::shutdown`] (the SIGTERM path) loses no acknowledged write and costs the group
+//! no election timeout, and is bounded by [`SHUTDOWN_LIMIT`]:
+//! 1. close the request gate: new requests get `ShuttingDown` at once (clients go to another
+//!    member) and readiness turns 503; stop the migration task from starting another round;
+//! 2. if this member leads, hand leadership to the most caught-up voter
+//!    ([`RaftNode::hand_off_leadership`]): the group has a new leader in about one round trip,
+//!    and entries this leader appended are committed by the new one;
+//! 3. let in-flight requests finish or fail ([`IN_FLIGHT_TIMEOUT`]);
+//! 4. stop the migration task, then the Raft node (storage is durable after every Ready; the
+//!    peers' streams into this member end with it, which is what lets the server drain), then
+//!    the gRPC server (bounded drain), then the admin endpoint.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use quorumkv_admin::{AdminServer, RequestGate};
 use quorumkv_common::TlsMaterial;
-use quorumkv_raft_core::{GrpcTransport, NodeConfig, RaftError, RaftNode, Transport};
+use quorumkv_raft_core::{
+    GrpcTransport, NodeConfig, RaftAdminService, RaftError, RaftNode, Transport,
+};
 use quorumkv_shardctrler_client::CtrlerClient;
 use quorumkv_shardkv_client::GroupCaller;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
-use tokio_stream::wrappers::TcpListenerStream;
 use tracing::Instrument;
 
+use crate::admin::KvAdmin;
+use crate::metrics::KvMetrics;
 use crate::service::KvService;
 use crate::state::ShardKvState;
 
 /// Requests queued for the Raft driver before new ones are refused with `RetryLater`.
 const MAILBOX_CAPACITY: usize = 65_536;
-/// How long a stopping member waits for connections to close before dropping them.
-const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a stopping member's gRPC server waits for connections to close before dropping
+/// them. Short: it runs after the admitted requests drained and the Raft node stopped, so
+/// what remains are replies being written and idle streams (a follower's stream to a member
+/// that no longer leads stays open until dropped).
+const DRAIN_TIMEOUT: Duration = Duration::from_millis(500);
+/// Upper bound of the whole of [`KvMember::shutdown`].
+pub const SHUTDOWN_LIMIT: Duration = Duration::from_secs(10);
+/// How long a stopping leader tries to hand leadership over.
+pub const HAND_OFF_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long a stopping member lets requests already admitted finish.
+pub const IN_FLIGHT_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a stopping member waits for the migration task's current round.
+const MIGRATION_STOP_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Wraps a member's Raft transport (tests inject network faults through it).
 pub type TransportWrapper = Arc<dyn Fn(GrpcTransport) -> Arc<dyn Transport> + Send + Sync>;
@@ -38,6 +68,10 @@ pub struct KvMemberOptions {
     pub tls: TlsMaterial,
     /// Optional wrapper of the Raft transport; `None` in production.
     pub wrap_transport: Option<TransportWrapper>,
+    /// Address of the plain-HTTP admin endpoint (`/health/alive`, `/health/ready`,
+    /// `/metrics`); port 0 picks a free port (see [`KvMember::admin_addr`]). `None`: no admin
+    /// endpoint.
+    pub admin: Option<SocketAddr>,
 }
 
 /// Why a member could not start.
@@ -47,15 +81,22 @@ pub enum StartError {
     InvalidArgument(String),
     #[error(transparent)]
     Raft(#[from] RaftError),
+    /// The admin endpoint could not listen on its address.
+    #[error("admin endpoint: {0}")]
+    Admin(String),
 }
 
 /// A running member of a replica group.
 pub struct KvMember {
     node: Arc<RaftNode<ShardKvState>>,
     local_addr: SocketAddr,
-    stop: watch::Sender<bool>,
+    gate: Arc<RequestGate>,
+    metrics: Arc<KvMetrics>,
+    stop_migration: watch::Sender<bool>,
+    stop_server: Option<oneshot::Sender<()>>,
     server: JoinHandle<()>,
     migrator: JoinHandle<()>,
+    admin: Option<AdminServer>,
 }
 
 impl KvMember {
@@ -66,7 +107,9 @@ impl KvMember {
             ctrlers,
             tls,
             wrap_transport,
+            admin,
         } = opts;
+        let started = Instant::now();
         let gid = raft.group_id;
         if gid == 0 {
             return Err(StartError::InvalidArgument(
@@ -90,19 +133,43 @@ impl KvMember {
             },
         )?;
         let node = Arc::new(node);
+        let gate = RequestGate::new();
+        let metrics = Arc::new(KvMetrics::new());
+        let span = tracing::info_span!("shardkv", gid, node = id);
+        let admin = match admin {
+            Some(addr) => {
+                let source = KvAdmin {
+                    node: node.clone(),
+                    gate: gate.clone(),
+                    metrics: metrics.clone(),
+                    started,
+                };
+                let server = AdminServer::bind(addr, Arc::new(source))
+                    .instrument(span.clone())
+                    .await;
+                match server {
+                    Ok(s) => Some(s),
+                    Err(e) => {
+                        node.shutdown().await;
+                        return Err(StartError::Admin(e.to_string()));
+                    }
+                }
+            }
+            None => None,
+        };
         let router = tonic::transport::Server::builder()
             .tls_config(tls.server_config())
             .map_err(|e| StartError::InvalidArgument(format!("TLS configuration: {e}")))?
             .add_service(raft_service.into_server())
-            .add_service(KvService::new(node.clone()).into_server());
-        let (stop, stopped) = watch::channel(false);
-        let span = tracing::info_span!("shardkv", gid, node = id);
-        let mut server_stop = stopped.clone();
+            .add_service(RaftAdminService::new(node.clone()).into_server())
+            .add_service(KvService::new(node.clone(), gate.clone(), metrics.clone()).into_server());
+        let (stop_migration, migration_stopped) = watch::channel(false);
+        let (stop_server, server_stopped) = oneshot::channel::<()>();
         let server = tokio::spawn(
             async move {
-                let incoming = TcpListenerStream::new(listener);
+                let incoming = quorumkv_raft_core::transport::incoming(listener);
                 let signal = async move {
-                    let _ = server_stop.wait_for(|s| *s).await;
+                    let _ = server_stopped.await;
                 };
                 if let Err(e) = router.serve_with_incoming_shutdown(incoming, signal).await {
                     tracing::error!(error = %e, "gRPC server failed");
@@ -115,7 +182,8 @@ impl KvMember {
                 node.clone(),
                 Arc::new(ctrler),
                 Arc::new(GroupCaller::new(tls)),
-                stopped,
+                metrics.clone(),
+                migration_stopped,
             )
             .instrument(span),
         );
@@ -123,9 +191,13 @@ impl KvMember {
         Ok(KvMember {
             node,
             local_addr,
-            stop,
+            gate,
+            metrics,
+            stop_migration,
+            stop_server: Some(stop_server),
             server,
             migrator,
+            admin,
         })
     }
 
@@ -137,17 +209,70 @@ impl KvMember {
         self.local_addr
     }
 
-    /// Stops the migration task and the server, then the Raft node (storage is durable).
-    pub async fn shutdown(self) {
-        let _ = self.stop.send(true);
-        let _ = self.migrator.await;
-        let mut server = self.server;
-        if tokio::time::timeout(DRAIN_TIMEOUT, &mut server)
+    /// The admin endpoint's address, when it runs.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin.as_ref().map(AdminServer::local_addr)
+    }
+
+    /// Client request and migration counters of this member.
+    pub fn metrics(&self) -> &Arc<KvMetrics> {
+        &self.metrics
+    }
+
+    /// Stops the member gracefully, within [`SHUTDOWN_LIMIT`]; see the module docs for the
+    /// steps. Returns the member that leads afterwards, if leadership was handed over.
+    pub async fn shutdown(mut self) -> Option<u64> {
+        let deadline = Instant::now() + SHUTDOWN_LIMIT;
+        let left = move || deadline.saturating_duration_since(Instant::now());
+        let id = self.node.id();
+        tracing::info!(node = id, "shardkv member stopping");
+        // 1. No new requests, no new migration rounds.
+        self.gate.close();
+        let _ = self.stop_migration.send(true);
+        // 2. Leadership to a caught-up voter while the transport still runs.
+        let new_leader = match self
+            .node
+            .hand_off_leadership(HAND_OFF_TIMEOUT.min(left()))
+            .await
+        {
+            Ok(to) => to,
+            Err(e) => {
+                tracing::warn!(error = %e, "leadership not handed over; the group will elect");
+                None
+            }
+        };
+        if let Some(to) = new_leader {
+            tracing::info!(to, "leadership handed over");
+        }
+        // 3. Requests already admitted finish (or fail: NotLeader, Timeout).
+        if !self.gate.drained(IN_FLIGHT_TIMEOUT.min(left())).await {
+            tracing::warn!(
+                in_flight = self.gate.in_flight(),
+                "requests still in flight; they fail with ShuttingDown"
+            );
+        }
+        // 4. Migration task, Raft node, gRPC server, admin endpoint.
+        if tokio::time::timeout(MIGRATION_STOP_TIMEOUT.min(left()), &mut self.migrator)
             .await
             .is_err()
         {
-            server.abort();
+            // Safe: everything it does goes through the log and is re-checked there.
+            self.migrator.abort();
         }
         self.node.shutdown().await;
+        if let Some(stop) = self.stop_server.take() {
+            let _ = stop.send(());
+        }
+        if tokio::time::timeout(DRAIN_TIMEOUT.min(left()), &mut self.server)
+            .await
+            .is_err()
+        {
+            self.server.abort();
+        }
+        if let Some(admin) = self.admin.take() {
+            admin.shutdown().await;
+        }
+        tracing::info!(node = id, "shardkv member stopped");
+        new_leader
     }
 }

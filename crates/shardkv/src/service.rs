@@ -1,17 +1,26 @@
 //! The `ShardKv` gRPC service of one group member: client reads and writes, status, and the
 //! group-to-group migration calls. Typed outcomes become gRPC statuses here, at the edge
 //! (see `quorumkv_common::rpc`).
+//!
+//! Every request but `Status` passes the member's [`RequestGate`]: once the member is
+//! stopping it is refused at once with `ShuttingDown` (the client goes to another member),
+//! while the requests already inside finish. Client operations are counted and timed by
+//! operation and result in [`KvMetrics`].
 
+use std::future::Future;
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use prost::Message;
+use quorumkv_admin::RequestGate;
 use quorumkv_common::rpc::{to_status, ErrorKind};
 use quorumkv_proto::shardkv as pb;
 use quorumkv_proto::shardkv::shard_kv_server::{ShardKv, ShardKvServer};
 use quorumkv_raft_core::{RaftError, RaftNode};
 use tonic::{Request, Response, Status};
+
+use crate::metrics::{KvMetrics, Op};
 
 use crate::state::{decode_outcome, Refusal, ShardKvState, MAX_KEY_BYTES, MAX_VALUE_BYTES};
 
@@ -63,11 +72,54 @@ pub(crate) async fn propose(
 /// The service of one member of group `gid`.
 pub struct KvService {
     node: Arc<RaftNode<ShardKvState>>,
+    gate: Arc<RequestGate>,
+    metrics: Arc<KvMetrics>,
+}
+
+fn shutting_down() -> Status {
+    to_status(
+        ErrorKind::ShuttingDown,
+        "this member is shutting down; use another member of the group",
+    )
 }
 
 impl KvService {
-    pub fn new(node: Arc<RaftNode<ShardKvState>>) -> Self {
-        KvService { node }
+    /// `gate` admits requests until the member stops; `metrics` counts client operations.
+    pub fn new(
+        node: Arc<RaftNode<ShardKvState>>,
+        gate: Arc<RequestGate>,
+        metrics: Arc<KvMetrics>,
+    ) -> Self {
+        KvService {
+            node,
+            gate,
+            metrics,
+        }
+    }
+
+    /// Runs `f` inside the gate (refused with `ShuttingDown` once it is closing).
+    async fn admitted<T>(
+        &self,
+        f: impl Future<Output = Result<Response<T>, Status>>,
+    ) -> Result<Response<T>, Status> {
+        let Some(guard) = self.gate.enter() else {
+            return Err(shutting_down());
+        };
+        let result = f.await;
+        drop(guard);
+        result
+    }
+
+    /// A client operation: admitted through the gate, counted and timed.
+    async fn client_op<T>(
+        &self,
+        op: Op,
+        f: impl Future<Output = Result<Response<T>, Status>>,
+    ) -> Result<Response<T>, Status> {
+        let start = Instant::now();
+        let result = self.admitted(f).await;
+        self.metrics.record(op, start, &result);
+        result
     }
 
     pub fn into_server(self) -> ShardKvServer<Self> {
@@ -75,6 +127,24 @@ impl KvService {
         ShardKvServer::new(self)
             .max_decoding_message_size(limit)
             .max_encoding_message_size(limit)
+    }
+
+    async fn serve_get(&self, req: pb::GetRequest) -> Result<Response<pb::GetReply>, Status> {
+        check_key(&req.key)?;
+        let key = req.key;
+        let result = self
+            .node
+            .read(|sm| sm.get(&key))
+            .await
+            .map_err(Status::from)?;
+        match result {
+            Ok(Some(value)) => Ok(Response::new(pb::GetReply { found: true, value })),
+            Ok(None) => Ok(Response::new(pb::GetReply {
+                found: false,
+                value: Bytes::new(),
+            })),
+            Err(r) => Err(refusal_status(r)),
+        }
     }
 
     async fn write(
@@ -120,27 +190,14 @@ fn not_leader(node: &RaftNode<ShardKvState>) -> Status {
 #[tonic::async_trait]
 impl ShardKv for KvService {
     async fn get(&self, req: Request<pb::GetRequest>) -> Result<Response<pb::GetReply>, Status> {
-        let req = req.into_inner();
-        check_key(&req.key)?;
-        let key = req.key;
-        let result = self
-            .node
-            .read(|sm| sm.get(&key))
+        self.client_op(Op::Get, self.serve_get(req.into_inner()))
             .await
-            .map_err(Status::from)?;
-        match result {
-            Ok(Some(value)) => Ok(Response::new(pb::GetReply { found: true, value })),
-            Ok(None) => Ok(Response::new(pb::GetReply {
-                found: false,
-                value: Bytes::new(),
-            })),
-            Err(r) => Err(refusal_status(r)),
-        }
     }
 
     async fn put(&self, req: Request<pb::PutRequest>) -> Result<Response<pb::WriteReply>, Status> {
         let r = req.into_inner();
-        self.write(pb::WriteOp::Put, r.key, r.value, r.id).await
+        let write = self.write(pb::WriteOp::Put, r.key, r.value, r.id);
+        self.client_op(Op::Put, write).await
     }
 
     async fn append(
@@ -148,7 +205,8 @@ impl ShardKv for KvService {
         req: Request<pb::PutRequest>,
     ) -> Result<Response<pb::WriteReply>, Status> {
         let r = req.into_inner();
-        self.write(pb::WriteOp::Append, r.key, r.value, r.id).await
+        let write = self.write(pb::WriteOp::Append, r.key, r.value, r.id);
+        self.client_op(Op::Append, write).await
     }
 
     async fn delete(
@@ -156,8 +214,8 @@ impl ShardKv for KvService {
         req: Request<pb::DeleteRequest>,
     ) -> Result<Response<pb::WriteReply>, Status> {
         let r = req.into_inner();
-        self.write(pb::WriteOp::Delete, r.key, Bytes::new(), r.id)
-            .await
+        let write = self.write(pb::WriteOp::Delete, r.key, Bytes::new(), r.id);
+        self.client_op(Op::Delete, write).await
     }
 
     async fn status(
@@ -209,6 +267,31 @@ impl ShardKv for KvService {
         req: Request<pb::PullShardRequest>,
     ) -> Result<Response<pb::PullShardReply>, Status> {
         let req = req.into_inner();
+        self.admitted(self.serve_pull(req)).await
+    }
+
+    async fn delete_shard(
+        &self,
+        req: Request<pb::DeleteShardRequest>,
+    ) -> Result<Response<pb::DeleteShardReply>, Status> {
+        let req = req.into_inner();
+        let done = pb::ShardDone {
+            config_num: req.config_num,
+            shard: req.shard,
+        };
+        self.admitted(async {
+            propose(&self.node, pb::command::Cmd::ShardDone(done)).await?;
+            Ok(Response::new(pb::DeleteShardReply {}))
+        })
+        .await
+    }
+}
+
+impl KvService {
+    async fn serve_pull(
+        &self,
+        req: pb::PullShardRequest,
+    ) -> Result<Response<pb::PullShardReply>, Status> {
         if !self.node.status().is_leader() {
             return Err(not_leader(&self.node));
         }
@@ -236,21 +319,5 @@ impl ShardKv for KvService {
                 })
                 .collect(),
         }))
-    }
-
-    async fn delete_shard(
-        &self,
-        req: Request<pb::DeleteShardRequest>,
-    ) -> Result<Response<pb::DeleteShardReply>, Status> {
-        let req = req.into_inner();
-        propose(
-            &self.node,
-            pb::command::Cmd::ShardDone(pb::ShardDone {
-                config_num: req.config_num,
-                shard: req.shard,
-            }),
-        )
-        .await?;
-        Ok(Response::new(pb::DeleteShardReply {}))
     }
 }

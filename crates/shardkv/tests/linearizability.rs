@@ -19,7 +19,13 @@ const MAX_OPS: usize = 300;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn histories_under_migration_crashes_and_partitions_are_linearizable() {
-    let mut c = Cluster::start(3, Opts { snapshot_log_bytes: 32 * 1024 }).await;
+    let mut c = Cluster::start(
+        3,
+        Opts {
+            snapshot_log_bytes: 32 * 1024,
+        },
+    )
+    .await;
     let n = c.join(&[1]).await;
     c.wait_settled(&[1], n).await;
 

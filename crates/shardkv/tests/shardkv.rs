@@ -279,11 +279,12 @@ async fn unaffected_shards_keep_serving_while_others_cannot_move() {
     let want = put_all(&mut kv, 30, "v").await;
     let n = c.join(&[2]).await;
     c.wait_settled(&[1, 2], n).await;
+    // Read before the leave: group 2 moves on to the next configuration within a poll.
+    let before = c.state(2, 1).config().clone();
     // Group 1 dies, then leaves: its shards can never be pulled by group 2.
     c.stop_group(1).await;
     let n = c.leave(&[1]).await;
     let config = c.ctrler().query(Some(n)).await.unwrap();
-    let before = c.state(2, 1).config().clone();
     let mut quick = c.client().with_timeout(Duration::from_secs(3));
     let mut served = 0;
     for (k, v) in &want {

@@ -1,14 +1,14 @@
 //! A Raft group of real members on 127.0.0.1: real gRPC over mutual TLS, sled storage in a
-//! temporary directory, every member's outgoing traffic through one [`FaultNet`].
+//! temporary directory, every member's outgoing traffic through one [`FaultNet`]. Each member
+//! serves the Raft transport and `RaftAdmin` (membership administration).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use quorumkv_raft_core::{Bootstrap, NodeConfig, RaftError, RaftNode, Status};
+use quorumkv_raft_core::{Bootstrap, NodeConfig, RaftAdminService, RaftError, RaftNode, Status};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
-use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::certs::TestPki;
 use crate::kv::{KvCommand, KvStateMachine};
@@ -123,22 +123,22 @@ impl TestCluster {
             65_536,
             |grpc| Arc::new(FaultyTransport::new(id, grpc, net, rt)),
         )?;
+        let node = Arc::new(node);
         let svc = raft_service.into_server();
         let server = tonic::transport::Server::builder()
             .tls_config(self.pki.node.server_config())
             .expect("tls config")
             .add_service(svc)
-            .serve_with_incoming(TcpListenerStream::new(listener));
+            .add_service(
+                RaftAdminService::new(node.clone())
+                    .with_catch_up_timeout(WAIT)
+                    .into_server(),
+            )
+            .serve_with_incoming(quorumkv_raft_core::transport::incoming(listener));
         let server = tokio::spawn(async move {
             let _ = server.await;
         });
-        self.running.insert(
-            id,
-            Running {
-                node: Arc::new(node),
-                server,
-            },
-        );
+        self.running.insert(id, Running { node, server });
         Ok(())
     }
 

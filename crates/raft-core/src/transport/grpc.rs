@@ -6,8 +6,13 @@
 //! task connects lazily when it has something to send, resolving the peer's DNS name anew on
 //! every connect, so a peer that came back with another IP is found again. Snapshots go over a
 //! separate streaming call in 1 MiB chunks and their outcome is reported to raft-rs.
+//!
+//! Messages handed to a peer's stream and messages discarded are counted per peer in the
+//! member's [`crate::RaftMetrics`] (one relaxed add per batch), snapshot transfers too.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -24,6 +29,7 @@ use tonic::transport::{Channel, Endpoint};
 use super::service::MAX_MESSAGE_BYTES;
 use super::Transport;
 use crate::mailbox::Mailbox;
+use crate::metrics::PeerMetrics;
 
 /// Batches queued per peer before messages to it are dropped.
 const PEER_QUEUE: usize = 1024;
@@ -68,6 +74,7 @@ struct Peer {
     addr: String,
     queue: mpsc::Sender<Vec<Message>>,
     task: JoinHandle<()>,
+    metrics: Arc<PeerMetrics>,
 }
 
 /// Mutual-TLS gRPC transport for one member of one group.
@@ -106,9 +113,14 @@ impl GrpcTransport {
         self.runtime.spawn(async move {
             let to = msg.to;
             let result = send_snapshot(&dialer, &addr, group_id, msg).await;
-            if let Err(e) = &result {
-                tracing::warn!(to, error = %e, "snapshot transfer failed");
-            }
+            let metrics = mailbox.metrics();
+            match &result {
+                Ok(()) => metrics.snapshots_sent.fetch_add(1, Relaxed),
+                Err(e) => {
+                    tracing::warn!(to, error = %e, "snapshot transfer failed");
+                    metrics.snapshots_send_failed.fetch_add(1, Relaxed)
+                }
+            };
             mailbox.report_snapshot(to, result.is_ok());
         });
     }
@@ -132,6 +144,8 @@ impl Transport for GrpcTransport {
         for (to, msgs) in by_peer {
             let Some(peer) = peers.get(&to) else {
                 tracing::debug!(to, "no address for peer");
+                let dropped = &self.mailbox.metrics().peer(to).dropped;
+                dropped.fetch_add(msgs.len() as u64, Relaxed);
                 self.mailbox.report_unreachable(to);
                 continue;
             };
@@ -141,7 +155,12 @@ impl Transport for GrpcTransport {
             for s in snaps {
                 self.spawn_snapshot(peer.addr.clone(), s);
             }
-            if !msgs.is_empty() && peer.queue.try_send(msgs).is_err() {
+            if msgs.is_empty() {
+                continue;
+            }
+            let n = msgs.len() as u64;
+            if peer.queue.try_send(msgs).is_err() {
+                peer.metrics.dropped.fetch_add(n, Relaxed);
                 self.mailbox.report_unreachable(to);
             }
         }
@@ -161,6 +180,7 @@ impl Transport for GrpcTransport {
                 continue;
             }
             let (tx, rx) = mpsc::channel(PEER_QUEUE);
+            let metrics = self.mailbox.metrics().peer(*id);
             let task = self.runtime.spawn(run_peer(
                 *id,
                 addr.clone(),
@@ -168,6 +188,7 @@ impl Transport for GrpcTransport {
                 self.dialer.clone(),
                 rx,
                 self.mailbox.clone(),
+                metrics.clone(),
             ));
             peers.insert(
                 *id,
@@ -175,6 +196,7 @@ impl Transport for GrpcTransport {
                     addr: addr.clone(),
                     queue: tx,
                     task,
+                    metrics,
                 },
             );
         }
@@ -223,6 +245,7 @@ async fn run_peer(
     dialer: Dialer,
     mut queue: mpsc::Receiver<Vec<Message>>,
     mailbox: Mailbox,
+    metrics: Arc<PeerMetrics>,
 ) {
     let mut backoff = Duration::from_millis(50);
     loop {
@@ -236,7 +259,11 @@ async fn run_peer(
                 tracing::debug!(to, error = %e, "peer unreachable");
                 mailbox.report_unreachable(to);
                 // What queued up meanwhile is stale; raft-rs resends what matters.
-                while queue.try_recv().is_ok() {}
+                let mut dropped = first.len() as u64;
+                while let Ok(m) = queue.try_recv() {
+                    dropped += m.len() as u64;
+                }
+                metrics.dropped.fetch_add(dropped, Relaxed);
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(1));
                 continue;
@@ -266,10 +293,13 @@ async fn run_peer(
             };
             let mut broken = false;
             for batch in encode_batches(group_id, msgs) {
+                let n = batch.messages.len() as u64;
                 if stream_tx.send(batch).await.is_err() {
+                    metrics.dropped.fetch_add(n, Relaxed);
                     broken = true;
                     break;
                 }
+                metrics.sent.fetch_add(n, Relaxed);
             }
             if broken {
                 break (&mut call).await;

@@ -9,13 +9,33 @@
 //!   per peer, plus chunked snapshot streams.
 //! - [`service::RaftService`]: the receiving side, a tonic service that steps incoming
 //!   messages into the local node's mailbox.
+//! - [`admin_service::RaftAdminService`]: membership administration (list, add, remove,
+//!   replace, transfer leadership) for operators, mounted next to the `RaftService`.
 
+pub mod admin_service;
 pub mod grpc;
 pub mod service;
 
 use std::collections::BTreeMap;
 
 use raft::eraftpb::Message;
+
+/// The connections a member's gRPC server accepts on `listener`, with `TCP_NODELAY` set.
+/// tonic sets it only on listeners it binds itself; without it, small responses can wait on
+/// Nagle's algorithm (measured: single-client put p99 2.6 ms -> 1.9-2.3 ms, max 90 ms -> 5-13
+/// ms).
+pub fn incoming(
+    listener: tokio::net::TcpListener,
+) -> impl futures::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+    use futures::StreamExt;
+    tokio_stream::wrappers::TcpListenerStream::new(listener).map(|conn| {
+        conn.inspect(|c| {
+            if let Err(e) = c.set_nodelay(true) {
+                tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+            }
+        })
+    })
+}
 
 /// Sends raft messages to the members of one group.
 pub trait Transport: Send + Sync + 'static {

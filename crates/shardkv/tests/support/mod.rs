@@ -104,6 +104,7 @@ impl Cluster {
                     raft,
                     num_shards: SHARDS,
                     tls: pki.node.clone(),
+                    admin: None,
                 },
                 to_tokio(l),
             )
@@ -146,6 +147,7 @@ impl Cluster {
                     tokio::runtime::Handle::current(),
                 )) as Arc<dyn Transport>
             })),
+            admin: Some("127.0.0.1:0".parse().unwrap()),
         }
     }
 
@@ -228,6 +230,29 @@ impl Cluster {
 
     pub fn running(&self, gid: u64) -> Vec<u64> {
         self.groups[&gid].members.keys().copied().collect()
+    }
+
+    /// `http://ip:port` of a running member's admin endpoint.
+    pub fn admin_url(&self, gid: u64, id: u64) -> String {
+        let addr = self.groups[&gid].members[&id]
+            .admin_addr()
+            .expect("admin endpoint");
+        format!("http://{addr}")
+    }
+
+    /// Stops one member gracefully and returns its `shutdown` result (the member leading
+    /// afterwards, if it handed leadership over) and how long the shutdown took.
+    pub async fn shutdown_member(&mut self, gid: u64, id: u64) -> (Option<u64>, Duration) {
+        let m = self
+            .groups
+            .get_mut(&gid)
+            .unwrap()
+            .members
+            .remove(&id)
+            .expect("running member");
+        let start = Instant::now();
+        let to = m.shutdown().await;
+        (to, start.elapsed())
     }
 
     pub fn status(&self, gid: u64, id: u64) -> Status {

@@ -1,0 +1,267 @@
+//! Membership from the command line, end to end with the real binaries over mutual TLS on
+//! loopback: a 3-member controller and one 3-member replica group as processes. A fourth
+//! member started with `--join` is added with `shardkv-client member --gid 1 add`, which also
+//! records it in the controller; leadership is moved to member 1, which is then removed while
+//! it leads and its process stopped; writes go on throughout. Every process is killed when the
+//! test ends, even when it fails.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use support::{free_port, ok, one_line_error, wait_for, Servers};
+
+const CTRL_SERVER: &str = env!("CARGO_BIN_EXE_shardctrler-server");
+const CTRL_CLIENT: &str = env!("CARGO_BIN_EXE_shardctrler-client");
+const KV_SERVER: &str = env!("CARGO_BIN_EXE_shardkv-server");
+const KV_CLIENT: &str = env!("CARGO_BIN_EXE_shardkv-client");
+/// Bound of every wait for the cluster to reach a state.
+const WAIT: Duration = Duration::from_secs(30);
+
+/// The processes and files: the controller is group 0, the replica group is group 1.
+struct Cluster {
+    dir: tempfile::TempDir,
+    /// (gid, id) → port.
+    ports: BTreeMap<(u64, u64), u16>,
+    /// (gid, id) → index in `procs`.
+    slots: BTreeMap<(u64, u64), usize>,
+    procs: Servers,
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            return;
+        }
+        for n in self.ports.keys() {
+            let log = std::fs::read_to_string(self.log(*n)).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(15).collect();
+            eprintln!("--- {n:?} (last lines of its log) ---");
+            for l in tail.iter().rev() {
+                eprintln!("{l}");
+            }
+        }
+    }
+}
+
+impl Cluster {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        support::write_certs(dir.path());
+        let mut ports = BTreeMap::new();
+        for n in [(0, 1), (0, 2), (0, 3), (1, 1), (1, 2), (1, 3), (1, 4)] {
+            ports.insert(n, free_port());
+        }
+        Cluster {
+            dir,
+            ports,
+            slots: BTreeMap::new(),
+            procs: Servers::default(),
+        }
+    }
+
+    fn log(&self, (gid, id): (u64, u64)) -> PathBuf {
+        self.dir.path().join(format!("g{gid}-{id}.log"))
+    }
+
+    fn addr(&self, n: (u64, u64)) -> String {
+        format!("127.0.0.1:{}", self.ports[&n])
+    }
+
+    /// `host:port,...` of members `ids` of `gid`.
+    fn addrs(&self, gid: u64, ids: &[u64]) -> Vec<String> {
+        ids.iter().map(|id| self.addr((gid, *id))).collect()
+    }
+
+    /// `id=host:port,...` of members `ids` of `gid`.
+    fn cluster(&self, gid: u64, ids: &[u64]) -> String {
+        ids.iter()
+            .map(|id| format!("{id}={}", self.addr((gid, *id))))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// Starts member `id` of `gid`; `join` starts it empty, to be added to a running group.
+    fn start(&mut self, (gid, id): (u64, u64), join: bool) {
+        let mut cmd = Command::new(if gid == 0 { CTRL_SERVER } else { KV_SERVER });
+        if gid == 0 {
+            cmd.args(["--shards", "8"]);
+        } else {
+            cmd.args(["--gid", &gid.to_string()]);
+            cmd.args(["--ctrlers", &self.addrs(0, &[1, 2, 3]).join(",")]);
+        }
+        let members: &[u64] = if join { &[1, 2, 3, 4] } else { &[1, 2, 3] };
+        if join {
+            cmd.arg("--join");
+        }
+        let log = std::fs::File::create(self.log((gid, id))).unwrap();
+        let child = cmd
+            .args([
+                "--id",
+                &id.to_string(),
+                "--cluster",
+                &self.cluster(gid, members),
+            ])
+            .args(["--listen", &self.addr((gid, id)), "--log-level", "info"])
+            .arg("--data-dir")
+            .arg(self.dir.path().join(format!("data-g{gid}-{id}")))
+            .args(support::tls_args(self.dir.path()))
+            .env_remove("QKV_CONFIG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start server");
+        self.slots.insert((gid, id), self.procs.children.len());
+        self.procs.children.push(Some(child));
+    }
+
+    /// Stops a member's process (after it was removed from its group).
+    fn stop(&mut self, n: (u64, u64)) {
+        let mut child = self.procs.children[self.slots[&n]].take().unwrap();
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+
+    fn run(&self, bin: &str, args: &[&str]) -> Output {
+        Command::new(bin)
+            .arg("--ctrlers")
+            .arg(self.addrs(0, &[1, 2, 3]).join(","))
+            .args(support::tls_args(self.dir.path()))
+            .args(["--timeout", "30"])
+            .args(args)
+            .env_remove("QKV_JSON")
+            .env_remove("QKV_TIMEOUT")
+            .output()
+            .expect("run client")
+    }
+
+    fn kv(&self, args: &[&str]) -> Output {
+        self.run(KV_CLIENT, args)
+    }
+
+    fn ctrl(&self, args: &[&str]) -> Output {
+        self.run(CTRL_CLIENT, args)
+    }
+
+    /// `member --gid 1 list --json` of the replica group.
+    fn group_members(&self) -> serde_json::Value {
+        serde_json::from_str(&ok(&self.kv(&["--json", "member", "--gid", "1", "list"]))).unwrap()
+    }
+
+    /// The latest configuration's servers of group 1.
+    fn recorded_servers(&self) -> Vec<String> {
+        let config: serde_json::Value =
+            serde_json::from_str(&ok(&self.ctrl(&["--json", "query"]))).unwrap();
+        let group = config["groups"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|g| g["gid"] == 1)
+            .cloned()
+            .expect("group 1 in the configuration");
+        serde_json::from_value(group["servers"].clone()).unwrap()
+    }
+}
+
+/// The ids of the voters in a `member list --json` output.
+fn voters(list: &serde_json::Value) -> Vec<u64> {
+    list["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| m["role"] == "voter")
+        .map(|m| m["id"].as_u64().unwrap())
+        .collect()
+}
+
+#[test]
+fn members_are_added_and_removed_from_the_cli_and_the_controller_follows() {
+    let started = Instant::now();
+    let mut c = Cluster::new();
+    for n in [(0, 1), (0, 2), (0, 3), (1, 1), (1, 2), (1, 3)] {
+        c.start(n, false);
+    }
+    let joined = ok(&c.ctrl(&["join", &format!("1={}", c.addrs(1, &[1, 2, 3]).join(","))]));
+    assert_eq!(joined.trim(), "configuration 1");
+    assert_eq!(ok(&c.kv(&["put", "a", "1"])), "");
+
+    // Adding a member that does not run changes nothing and says how to start it.
+    let down = c.kv(&[
+        "member",
+        "--gid",
+        "1",
+        "add",
+        &format!("4={}", c.addr((1, 4))),
+    ]);
+    let err = one_line_error(&down, 1);
+    assert!(
+        err.contains("cannot reach the new member 4") && err.contains("--join"),
+        "{err}"
+    );
+    assert_eq!(voters(&c.group_members()), vec![1, 2, 3]);
+
+    // Start member 4 empty with --join, then add it: a voter, recorded by the controller.
+    c.start((1, 4), true);
+    let added = ok(&c.kv(&[
+        "member",
+        "--gid",
+        "1",
+        "add",
+        &format!("4={}", c.addr((1, 4))),
+    ]));
+    assert!(added.contains("member 4 added at"), "{added}");
+    assert!(added.contains("controller: group 1 servers now"), "{added}");
+    let list = c.group_members();
+    assert_eq!(voters(&list), vec![1, 2, 3, 4], "{list}");
+    assert_eq!(c.recorded_servers(), c.addrs(1, &[1, 2, 3, 4]));
+    let text = ok(&c.kv(&["member", "--gid", "1", "list"]));
+    assert!(
+        text.contains("group 1: leader") && text.contains("(leader)"),
+        "{text}"
+    );
+    assert_eq!(ok(&c.kv(&["put", "b", "2"])), "");
+    assert_eq!(ok(&c.kv(&["get", "a"])), "1\n");
+
+    // Move leadership to member 1, then remove it while it leads, then stop its process.
+    let moved = ok(&c.kv(&["member", "--gid", "1", "transfer", "1"]));
+    assert!(moved.contains("leader is now 1"), "{moved}");
+    assert_eq!(c.group_members()["leader_id"], 1);
+    let removed = ok(&c.kv(&["member", "--gid", "1", "remove", "1"]));
+    assert!(
+        removed.contains("member 1 (") && removed.contains("removed"),
+        "{removed}"
+    );
+    assert_eq!(c.recorded_servers(), c.addrs(1, &[2, 3, 4]));
+    c.stop((1, 1));
+    let list = wait_for("a leader among 2, 3, 4", WAIT, || {
+        let out = c.kv(&["--json", "member", "--gid", "1", "list"]);
+        let list: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+        [2, 3, 4]
+            .contains(&list["leader_id"].as_u64()?)
+            .then_some(list)
+    });
+    assert_eq!(voters(&list), vec![2, 3, 4], "{list}");
+
+    // Writes and reads still work, on the group without member 1.
+    assert_eq!(ok(&c.kv(&["put", "c", "3"])), "");
+    assert_eq!(ok(&c.kv(&["append", "a", "+"])), "");
+    assert_eq!(ok(&c.kv(&["get", "a"])), "1+\n");
+    assert_eq!(ok(&c.kv(&["get", "b"])), "2\n");
+
+    // The controller group's own membership is unchanged: 3 voters, one leader.
+    let ctrl: serde_json::Value =
+        serde_json::from_str(&ok(&c.ctrl(&["--json", "member", "list"]))).unwrap();
+    assert_eq!(voters(&ctrl), vec![1, 2, 3], "{ctrl}");
+    assert_eq!(ctrl["group_id"], 0);
+    let text = ok(&c.ctrl(&["member", "list"]));
+    assert!(text.starts_with("controller group: leader"), "{text}");
+    // Bad arguments: exit 2, nothing sent.
+    assert_eq!(c.ctrl(&["member", "add", "4"]).status.code(), Some(2));
+    assert_eq!(c.kv(&["member", "list"]).status.code(), Some(2));
+
+    eprintln!("membership_cli took {:?}", started.elapsed());
+}
