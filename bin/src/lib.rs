@@ -6,6 +6,12 @@
 
 pub mod member;
 
+/// Every binary of this package links this library, so this is their allocator: under load
+/// glibc's malloc took ~16% of all CPU (perf, 256 concurrent clients); mimalloc is much
+/// cheaper for the many small, short-lived buffers of gRPC and Raft.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 

@@ -298,8 +298,13 @@ async fn hand_off_picks_a_caught_up_voter_and_skips_a_lagging_one() {
         .await
         .unwrap();
     assert_eq!(to, Some(caught_up));
-    let st = c.node(caught_up).status();
-    assert!(st.is_leader() && st.term == term + 1, "{st:?}");
+    // The new leader tells the old one before it publishes its own status: wait for it.
+    let st = c
+        .wait_until(WAIT, "the new leader's status", |st| {
+            st.get(&caught_up).filter(|s| s.is_leader()).cloned()
+        })
+        .await;
+    assert_eq!(st.term, term + 1, "{st:?}");
     // Not leading any more: nothing to hand off.
     assert_eq!(
         c.node(leader)
