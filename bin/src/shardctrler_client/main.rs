@@ -163,6 +163,15 @@ fn ranges(shards: &[u64]) -> String {
     }
 }
 
+/// Prints one line to stdout. A closed pipe (`... | head`) is not an error; `println!` would
+/// panic on it.
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout().lock(), $($arg)*);
+    }};
+}
+
 fn print_config(c: &Config, json: bool) {
     let unassigned = c.shards_of(UNASSIGNED);
     if json {
@@ -180,10 +189,10 @@ fn print_config(c: &Config, json: bool) {
             "groups": groups,
             "unassigned": unassigned,
         });
-        println!("{v}");
+        out!("{v}");
         return;
     }
-    println!(
+    out!(
         "configuration {}: {} shards, {} groups",
         c.num,
         c.shards.len(),
@@ -214,7 +223,7 @@ fn print_config(c: &Config, json: bool) {
             })
             .collect();
         for r in [&header].into_iter().chain(&rows) {
-            println!(
+            out!(
                 "{:<w0$}  {:<w1$}  {:<w2$}  {}",
                 r[0],
                 r[1],
@@ -226,14 +235,14 @@ fn print_config(c: &Config, json: bool) {
             );
         }
     }
-    println!("unassigned: {}", ranges(&unassigned));
+    out!("unassigned: {}", ranges(&unassigned));
 }
 
 fn print_num(num: u64, json: bool) {
     if json {
-        println!("{}", serde_json::json!({ "num": num }));
+        out!("{}", serde_json::json!({ "num": num }));
     } else {
-        println!("configuration {num}");
+        out!("configuration {num}");
     }
 }
 

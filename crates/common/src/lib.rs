@@ -26,8 +26,10 @@ pub use tls::{TlsFiles, TlsMaterial};
 /// Errors of this crate. Each names what the caller should fix.
 #[derive(Debug, thiserror::Error)]
 pub enum CommonError {
-    /// The input (a flag, a file's contents) is malformed; the message says how.
-    #[error("invalid argument: {0}")]
+    /// The input (a flag, a file's contents) is malformed; the message says how. (The
+    /// message names the input itself, e.g. `address "x": port must be ...`; callers that wrap
+    /// this error in their own "invalid argument" add that prefix once.)
+    #[error("{0}")]
     InvalidArgument(String),
     /// A file could not be read or written.
     #[error("{path}: {source}")]

@@ -74,8 +74,12 @@ impl KvClient {
     /// A client of the cluster whose controller members are `ctrlers` (`host:port`).
     /// Connections are made lazily.
     pub fn connect(ctrlers: Vec<String>, tls: TlsMaterial) -> Result<Self, KvError> {
-        let ctrler = CtrlerClient::connect(ctrlers, tls.clone())
-            .map_err(|e| KvError::InvalidArgument(e.to_string()))?;
+        let ctrler = CtrlerClient::connect(ctrlers, tls.clone()).map_err(|e| match e {
+            quorumkv_shardctrler_client::ClientError::InvalidArgument(m) => {
+                KvError::InvalidArgument(m)
+            }
+            other => KvError::Internal(other.to_string()),
+        })?;
         Ok(KvClient {
             ctrler: Arc::new(ctrler),
             groups: Arc::new(GroupCaller::new(tls)),
