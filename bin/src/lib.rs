@@ -228,3 +228,79 @@ pub fn exit_status(program: &str, result: anyhow::Result<()>) -> std::process::E
         }
     }
 }
+
+/// The flags every server takes to be one member of a Raft group, as given.
+pub struct MemberFlags<'a> {
+    pub id: u64,
+    pub cluster: &'a str,
+    pub listen: Option<&'a str>,
+    pub admin_listen: Option<&'a str>,
+    pub data_dir: &'a Path,
+    pub join: bool,
+    pub tls: &'a TlsArgs,
+}
+
+/// The validated Raft-member part of a server's configuration.
+#[derive(Debug)]
+pub struct RaftMember {
+    pub id: u64,
+    pub members: Vec<quorumkv_common::Member>,
+    pub listen: SocketAddr,
+    pub admin_listen: Option<SocketAddr>,
+    pub data_dir: PathBuf,
+    pub bootstrap: quorumkv_raft_core::Bootstrap,
+    pub tls: TlsMaterial,
+}
+
+impl RaftMember {
+    /// Checks the member flags and names the one that is wrong: --cluster parses and lists
+    /// --id, --listen defaults to 0.0.0.0 and this member's port, the admin port differs from
+    /// the gRPC port, --data-dir is not empty, the TLS files load.
+    pub fn validate(f: MemberFlags<'_>) -> anyhow::Result<Self> {
+        let members = quorumkv_common::parse_members(f.cluster).context("--cluster")?;
+        let own = members.iter().find(|m| m.id == f.id).with_context(|| {
+            let ids: Vec<String> = members.iter().map(|m| m.id.to_string()).collect();
+            format!("--id {} is not in --cluster (ids {})", f.id, ids.join(", "))
+        })?;
+        let listen = match f.listen {
+            Some(l) => parse_socket(l, "--listen")?,
+            None => SocketAddr::from(([0, 0, 0, 0], own.addr.port())),
+        };
+        let admin_listen = f
+            .admin_listen
+            .map(|a| parse_socket(a, "--admin-listen"))
+            .transpose()?;
+        if admin_listen.is_some_and(|a| a.port() == listen.port()) {
+            bail!("--admin-listen must use another port than --listen ({listen})");
+        }
+        if f.data_dir.as_os_str().is_empty() {
+            bail!("--data-dir is empty");
+        }
+        let tls = f.tls.load().context("TLS files")?;
+        Ok(RaftMember {
+            id: f.id,
+            members,
+            listen,
+            admin_listen,
+            data_dir: f.data_dir.to_path_buf(),
+            bootstrap: if f.join {
+                quorumkv_raft_core::Bootstrap::Join
+            } else {
+                quorumkv_raft_core::Bootstrap::NewGroup
+            },
+            tls,
+        })
+    }
+
+    /// The Raft configuration of this member of group `group_id` (production defaults).
+    pub fn raft_config(&self, group_id: u64) -> quorumkv_raft_core::NodeConfig {
+        let mut raft = quorumkv_raft_core::NodeConfig::new(self.id, group_id, &self.data_dir);
+        raft.members = self
+            .members
+            .iter()
+            .map(|m| (m.id, m.addr.to_string()))
+            .collect();
+        raft.bootstrap = self.bootstrap.clone();
+        raft
+    }
+}

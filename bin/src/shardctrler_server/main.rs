@@ -4,18 +4,16 @@
 //! [`ServerConfig`], install logging, then hand everything to `quorumkv_shardctrler::serve`
 //! until SIGINT or SIGTERM.
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{bail, Context};
 use clap::Parser;
 use quorumkv_bin::{
-    exit_status, parse_args_with_config, parse_socket, run_probe_if_asked, shutdown_signal,
-    LogArgs, TlsArgs,
+    exit_status, parse_args_with_config, run_probe_if_asked, shutdown_signal, LogArgs, MemberFlags,
+    RaftMember, TlsArgs,
 };
-use quorumkv_common::{parse_members, Member, TlsMaterial};
-use quorumkv_raft_core::{Bootstrap, NodeConfig};
+
 use quorumkv_shardctrler::{MemberOptions, CONTROLLER_GROUP_ID, DEFAULT_SHARDS};
 
 /// The largest shard count accepted: every configuration lists every shard, and clients fetch
@@ -103,87 +101,48 @@ struct Args {
 /// The validated configuration of one member.
 #[derive(Debug)]
 struct ServerConfig {
-    id: u64,
-    members: Vec<Member>,
-    listen: SocketAddr,
-    admin_listen: Option<SocketAddr>,
-    data_dir: PathBuf,
+    member: RaftMember,
     num_shards: usize,
-    bootstrap: Bootstrap,
-    tls: TlsMaterial,
 }
 
 impl ServerConfig {
     /// Checks every flag and names the one that is wrong.
     fn validate(args: &Args) -> anyhow::Result<Self> {
-        let members = parse_members(&args.cluster).context("--cluster")?;
-        let own = members.iter().find(|m| m.id == args.id).with_context(|| {
-            let ids: Vec<String> = members.iter().map(|m| m.id.to_string()).collect();
-            format!(
-                "--id {} is not in --cluster (ids {})",
-                args.id,
-                ids.join(", ")
-            )
+        let member = RaftMember::validate(MemberFlags {
+            id: args.id,
+            cluster: &args.cluster,
+            listen: args.listen.as_deref(),
+            admin_listen: args.admin_listen.as_deref(),
+            data_dir: &args.data_dir,
+            join: args.join,
+            tls: &args.tls,
         })?;
-        let listen = match &args.listen {
-            Some(l) => parse_socket(l, "--listen")?,
-            None => SocketAddr::from(([0, 0, 0, 0], own.addr.port())),
-        };
-        let admin_listen = args
-            .admin_listen
-            .as_deref()
-            .map(|a| parse_socket(a, "--admin-listen"))
-            .transpose()?;
-        if admin_listen.is_some_and(|a| a.port() == listen.port()) {
-            bail!("--admin-listen must use another port than --listen ({listen})");
-        }
         if args.shards == 0 || args.shards > MAX_SHARDS {
             bail!(
                 "--shards {} must be between 1 and {MAX_SHARDS}",
                 args.shards
             );
         }
-        if args.data_dir.as_os_str().is_empty() {
-            bail!("--data-dir is empty");
-        }
-        let tls = args.tls.load().context("TLS files")?;
         Ok(ServerConfig {
-            id: args.id,
-            members,
-            listen,
-            admin_listen,
-            data_dir: args.data_dir.clone(),
+            member,
             num_shards: args.shards,
-            bootstrap: if args.join {
-                Bootstrap::Join
-            } else {
-                Bootstrap::NewGroup
-            },
-            tls,
         })
     }
 
     fn member_options(&self) -> MemberOptions {
-        let mut raft = NodeConfig::new(self.id, CONTROLLER_GROUP_ID, &self.data_dir);
-        raft.members = self
-            .members
-            .iter()
-            .map(|m| (m.id, m.addr.to_string()))
-            .collect();
-        raft.bootstrap = self.bootstrap.clone();
         MemberOptions {
-            raft,
+            raft: self.member.raft_config(CONTROLLER_GROUP_ID),
             num_shards: self.num_shards,
-            tls: self.tls.clone(),
-            admin: self.admin_listen,
+            tls: self.member.tls.clone(),
+            admin: self.member.admin_listen,
         }
     }
 }
 
 async fn run(cfg: ServerConfig) -> anyhow::Result<()> {
-    let listener = tokio::net::TcpListener::bind(cfg.listen)
+    let listener = tokio::net::TcpListener::bind(cfg.member.listen)
         .await
-        .with_context(|| format!("cannot listen on {}", cfg.listen))?;
+        .with_context(|| format!("cannot listen on {}", cfg.member.listen))?;
     Ok(quorumkv_shardctrler::serve(cfg.member_options(), listener, shutdown_signal()).await?)
 }
 
@@ -194,7 +153,7 @@ fn main() -> ExitCode {
     let result = parse_args_with_config::<Args>().and_then(|args| {
         let cfg = ServerConfig::validate(&args)?;
         args.log.init()?;
-        tracing::info!(id = cfg.id, listen = %cfg.listen, data_dir = %cfg.data_dir.display(), shards = cfg.num_shards, "starting shard controller member");
+        tracing::info!(id = cfg.member.id, listen = %cfg.member.listen, data_dir = %cfg.member.data_dir.display(), shards = cfg.num_shards, "starting shard controller member");
         tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()

@@ -4,18 +4,16 @@
 //! [`ServerConfig`], install logging, start a `quorumkv_shardkv::KvMember`, and serve until
 //! SIGINT or SIGTERM (or until the Raft node stops by itself, which is an error).
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{bail, Context};
 use clap::Parser;
 use quorumkv_bin::{
-    exit_status, parse_args_with_config, parse_socket, run_probe_if_asked, shutdown_signal,
-    LogArgs, TlsArgs,
+    exit_status, parse_args_with_config, run_probe_if_asked, shutdown_signal, LogArgs, MemberFlags,
+    RaftMember, TlsArgs,
 };
-use quorumkv_common::{parse_members, HostPort, Member, TlsMaterial};
-use quorumkv_raft_core::{Bootstrap, NodeConfig};
+use quorumkv_common::HostPort;
 use quorumkv_shardkv::{KvMember, KvMemberOptions};
 
 const ABOUT: &str = "One member of a QuorumKV replica group (a Raft group, normally 3 members).";
@@ -106,14 +104,8 @@ struct Args {
 #[derive(Debug)]
 struct ServerConfig {
     gid: u64,
-    id: u64,
-    members: Vec<Member>,
+    member: RaftMember,
     ctrlers: Vec<HostPort>,
-    listen: SocketAddr,
-    admin_listen: Option<SocketAddr>,
-    data_dir: PathBuf,
-    bootstrap: Bootstrap,
-    tls: TlsMaterial,
 }
 
 impl ServerConfig {
@@ -122,14 +114,14 @@ impl ServerConfig {
         if args.gid == 0 {
             bail!("--gid 0 is reserved for unassigned shards; use a positive group id");
         }
-        let members = parse_members(&args.cluster).context("--cluster")?;
-        let own = members.iter().find(|m| m.id == args.id).with_context(|| {
-            let ids: Vec<String> = members.iter().map(|m| m.id.to_string()).collect();
-            format!(
-                "--id {} is not in --cluster (ids {})",
-                args.id,
-                ids.join(", ")
-            )
+        let member = RaftMember::validate(MemberFlags {
+            id: args.id,
+            cluster: &args.cluster,
+            listen: args.listen.as_deref(),
+            admin_listen: args.admin_listen.as_deref(),
+            data_dir: &args.data_dir,
+            join: args.join,
+            tls: &args.tls,
         })?;
         let ctrlers = args
             .ctrlers
@@ -142,61 +134,28 @@ impl ServerConfig {
         if ctrlers.is_empty() {
             bail!("--ctrlers lists no controller address");
         }
-        let listen = match &args.listen {
-            Some(l) => parse_socket(l, "--listen")?,
-            None => SocketAddr::from(([0, 0, 0, 0], own.addr.port())),
-        };
-        let admin_listen = args
-            .admin_listen
-            .as_deref()
-            .map(|a| parse_socket(a, "--admin-listen"))
-            .transpose()?;
-        if admin_listen.is_some_and(|a| a.port() == listen.port()) {
-            bail!("--admin-listen must use another port than --listen ({listen})");
-        }
-        if args.data_dir.as_os_str().is_empty() {
-            bail!("--data-dir is empty");
-        }
-        let tls = args.tls.load().context("TLS files")?;
         Ok(ServerConfig {
             gid: args.gid,
-            id: args.id,
-            members,
+            member,
             ctrlers,
-            listen,
-            admin_listen,
-            data_dir: args.data_dir.clone(),
-            bootstrap: if args.join {
-                Bootstrap::Join
-            } else {
-                Bootstrap::NewGroup
-            },
-            tls,
         })
     }
 
     fn member_options(&self) -> KvMemberOptions {
-        let mut raft = NodeConfig::new(self.id, self.gid, &self.data_dir);
-        raft.members = self
-            .members
-            .iter()
-            .map(|m| (m.id, m.addr.to_string()))
-            .collect();
-        raft.bootstrap = self.bootstrap.clone();
         KvMemberOptions {
-            raft,
+            raft: self.member.raft_config(self.gid),
             ctrlers: self.ctrlers.iter().map(ToString::to_string).collect(),
-            tls: self.tls.clone(),
+            tls: self.member.tls.clone(),
             wrap_transport: None,
-            admin: self.admin_listen,
+            admin: self.member.admin_listen,
         }
     }
 }
 
 async fn run(cfg: ServerConfig) -> anyhow::Result<()> {
-    let listener = tokio::net::TcpListener::bind(cfg.listen)
+    let listener = tokio::net::TcpListener::bind(cfg.member.listen)
         .await
-        .with_context(|| format!("cannot listen on {}", cfg.listen))?;
+        .with_context(|| format!("cannot listen on {}", cfg.member.listen))?;
     let member = KvMember::start(cfg.member_options(), listener)
         .await
         .context("cannot start the member")?;
@@ -227,7 +186,7 @@ fn main() -> ExitCode {
     let result = parse_args_with_config::<Args>().and_then(|args| {
         let cfg = ServerConfig::validate(&args)?;
         args.log.init()?;
-        tracing::info!(gid = cfg.gid, id = cfg.id, listen = %cfg.listen, data_dir = %cfg.data_dir.display(), "starting shardkv member");
+        tracing::info!(gid = cfg.gid, id = cfg.member.id, listen = %cfg.member.listen, data_dir = %cfg.member.data_dir.display(), "starting shardkv member");
         tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()
