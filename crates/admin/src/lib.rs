@@ -37,6 +37,7 @@ pub mod health;
 pub mod probe;
 pub mod prom;
 mod server;
+pub mod shutdown;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

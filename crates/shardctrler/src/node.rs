@@ -26,9 +26,9 @@ use std::io::Write;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use quorumkv_admin::{AdminServer, RequestGate};
+use quorumkv_admin::{shutdown, AdminServer, RequestGate};
 use quorumkv_common::TlsMaterial;
 use quorumkv_raft_core::{NodeConfig, RaftAdminService, RaftNode};
 use tokio::net::TcpListener;
@@ -51,16 +51,7 @@ pub const META_FILE: &str = "controller.meta";
 /// Requests queued for the Raft driver before new ones are refused with `RetryLater`.
 const MAILBOX_CAPACITY: usize = 16_384;
 
-/// How long a stopping member's gRPC server waits for its connections to close before
-/// dropping them. Short: it runs after the admitted requests drained and the Raft node
-/// stopped, so only replies being written and idle streams remain.
-const DRAIN_TIMEOUT: Duration = Duration::from_millis(500);
-/// Upper bound of the whole of [`CtrlerMember::shutdown`].
-pub const SHUTDOWN_LIMIT: Duration = Duration::from_secs(10);
-/// How long a stopping leader tries to hand leadership over.
-pub const HAND_OFF_TIMEOUT: Duration = Duration::from_secs(3);
-/// How long a stopping member lets admitted requests finish.
-pub const IN_FLIGHT_TIMEOUT: Duration = Duration::from_secs(2);
+pub use quorumkv_admin::shutdown::{HAND_OFF_TIMEOUT, IN_FLIGHT_TIMEOUT, SHUTDOWN_LIMIT};
 
 /// Everything one controller member needs.
 #[derive(Debug, Clone)]
@@ -264,43 +255,16 @@ impl CtrlerMember {
     /// the member that leads afterwards, if leadership was handed over.
     pub async fn shutdown(mut self) -> Option<u64> {
         let deadline = Instant::now() + SHUTDOWN_LIMIT;
-        let left = move || deadline.saturating_duration_since(Instant::now());
         let id = self.node.id();
-        self.gate.close();
-        let new_leader = match self
-            .node
-            .hand_off_leadership(HAND_OFF_TIMEOUT.min(left()))
-            .await
-        {
-            Ok(to) => to,
-            Err(e) => {
-                tracing::warn!(node = id, error = %e, "leadership not handed over; the group will elect");
-                None
-            }
-        };
-        if let Some(to) = new_leader {
-            tracing::info!(node = id, to, "leadership handed over");
-        }
-        if !self.gate.drained(IN_FLIGHT_TIMEOUT.min(left())).await {
-            tracing::warn!(
-                node = id,
-                in_flight = self.gate.in_flight(),
-                "requests still in flight; they fail with ShuttingDown"
-            );
-        }
-        self.node.shutdown().await;
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if tokio::time::timeout(DRAIN_TIMEOUT.min(left()), &mut self.server)
-            .await
-            .is_err()
-        {
-            self.server.abort();
-        }
-        if let Some(admin) = self.admin.take() {
-            admin.shutdown().await;
-        }
+        let new_leader = shutdown::quiesce(&self.node, &self.gate, deadline).await;
+        shutdown::finish(
+            &self.node,
+            self.stop.take(),
+            &mut self.server,
+            self.admin.take(),
+            deadline,
+        )
+        .await;
         tracing::info!(node = id, "controller member stopped");
         new_leader
     }

@@ -21,7 +21,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use quorumkv_admin::{AdminServer, RequestGate};
+use quorumkv_admin::{shutdown, AdminServer, RequestGate};
 use quorumkv_common::TlsMaterial;
 use quorumkv_raft_core::{
     GrpcTransport, NodeConfig, RaftAdminService, RaftError, RaftNode, Transport,
@@ -40,17 +40,7 @@ use crate::state::ShardKvState;
 
 /// Requests queued for the Raft driver before new ones are refused with `RetryLater`.
 const MAILBOX_CAPACITY: usize = 65_536;
-/// How long a stopping member's gRPC server waits for connections to close before dropping
-/// them. Short: it runs after the admitted requests drained and the Raft node stopped, so
-/// what remains are replies being written and idle streams (a follower's stream to a member
-/// that no longer leads stays open until dropped).
-const DRAIN_TIMEOUT: Duration = Duration::from_millis(500);
-/// Upper bound of the whole of [`KvMember::shutdown`].
-pub const SHUTDOWN_LIMIT: Duration = Duration::from_secs(10);
-/// How long a stopping leader tries to hand leadership over.
-pub const HAND_OFF_TIMEOUT: Duration = Duration::from_secs(3);
-/// How long a stopping member lets requests already admitted finish.
-pub const IN_FLIGHT_TIMEOUT: Duration = Duration::from_secs(2);
+pub use quorumkv_admin::shutdown::{HAND_OFF_TIMEOUT, IN_FLIGHT_TIMEOUT, SHUTDOWN_LIMIT};
 /// How long a stopping member waits for the migration task's current round.
 const MIGRATION_STOP_TIMEOUT: Duration = Duration::from_secs(1);
 
@@ -223,55 +213,28 @@ impl KvMember {
     /// steps. Returns the member that leads afterwards, if leadership was handed over.
     pub async fn shutdown(mut self) -> Option<u64> {
         let deadline = Instant::now() + SHUTDOWN_LIMIT;
-        let left = move || deadline.saturating_duration_since(Instant::now());
         let id = self.node.id();
         tracing::info!(node = id, "shardkv member stopping");
-        // 1. No new requests, no new migration rounds.
-        self.gate.close();
+        // No new migration rounds; then the shared steps: no new requests, leadership handed
+        // over, admitted requests finished.
         let _ = self.stop_migration.send(true);
-        // 2. Leadership to a caught-up voter while the transport still runs.
-        let new_leader = match self
-            .node
-            .hand_off_leadership(HAND_OFF_TIMEOUT.min(left()))
-            .await
-        {
-            Ok(to) => to,
-            Err(e) => {
-                tracing::warn!(error = %e, "leadership not handed over; the group will elect");
-                None
-            }
-        };
-        if let Some(to) = new_leader {
-            tracing::info!(to, "leadership handed over");
-        }
-        // 3. Requests already admitted finish (or fail: NotLeader, Timeout).
-        if !self.gate.drained(IN_FLIGHT_TIMEOUT.min(left())).await {
-            tracing::warn!(
-                in_flight = self.gate.in_flight(),
-                "requests still in flight; they fail with ShuttingDown"
-            );
-        }
-        // 4. Migration task, Raft node, gRPC server, admin endpoint.
-        if tokio::time::timeout(MIGRATION_STOP_TIMEOUT.min(left()), &mut self.migrator)
+        let new_leader = shutdown::quiesce(&self.node, &self.gate, deadline).await;
+        let left = deadline.saturating_duration_since(Instant::now());
+        if tokio::time::timeout(MIGRATION_STOP_TIMEOUT.min(left), &mut self.migrator)
             .await
             .is_err()
         {
             // Safe: everything it does goes through the log and is re-checked there.
             self.migrator.abort();
         }
-        self.node.shutdown().await;
-        if let Some(stop) = self.stop_server.take() {
-            let _ = stop.send(());
-        }
-        if tokio::time::timeout(DRAIN_TIMEOUT.min(left()), &mut self.server)
-            .await
-            .is_err()
-        {
-            self.server.abort();
-        }
-        if let Some(admin) = self.admin.take() {
-            admin.shutdown().await;
-        }
+        shutdown::finish(
+            &self.node,
+            self.stop_server.take(),
+            &mut self.server,
+            self.admin.take(),
+            deadline,
+        )
+        .await;
         tracing::info!(node = id, "shardkv member stopped");
         new_leader
     }
