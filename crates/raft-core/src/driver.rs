@@ -87,6 +87,9 @@ pub(crate) struct Driver<S: StateMachine> {
     conf_state: ConfState,
     applied: u64,
     applied_term: u64,
+    /// Entries up to here are already in the state machine's own store (see
+    /// `StateMachine::persisted_index`): re-applied to raft only, not to the state machine.
+    sm_floor: u64,
     /// Bytes of entries applied since the last snapshot.
     log_bytes: u64,
     next_id: u64,
@@ -166,11 +169,25 @@ impl<S: StateMachine> Driver<S> {
         let storage = SledStorage::open(&cfg.data_dir, bootstrap, &book)?;
         let meta = storage.snapshot_metadata().clone();
         let data = storage.snapshot_data()?;
-        if meta.index > crate::storage::BOOTSTRAP_INDEX {
-            sm.write()
-                .restore(&data.state)
-                .map_err(|e| RaftError::Storage(format!("snapshot {}: {e}", meta.index)))?;
+        // A state machine with its own store may already hold more than the snapshot.
+        let persisted = sm.read().persisted_index();
+        if persisted > storage.last_index() {
+            return Err(RaftError::Storage(format!(
+                "the state machine's store is at index {persisted} but the raft log ends at {}: \
+                 the data directory was damaged or mixed from different members",
+                storage.last_index()
+            )));
         }
+        let sm_floor = if persisted >= meta.index {
+            persisted
+        } else {
+            if meta.index > crate::storage::BOOTSTRAP_INDEX {
+                sm.write()
+                    .restore(meta.index, &data.state)
+                    .map_err(|e| RaftError::Storage(format!("snapshot {}: {e}", meta.index)))?;
+            }
+            meta.index
+        };
         let log_bytes = storage.log_bytes_after(meta.index);
         let raft_cfg = raft::Config {
             id: cfg.id,
@@ -207,6 +224,7 @@ impl<S: StateMachine> Driver<S> {
             conf_state: meta.get_conf_state().clone(),
             applied: meta.index,
             applied_term: meta.term,
+            sm_floor,
             log_bytes,
             next_id: rand::random::<u64>() >> 1,
             proposals: BTreeMap::new(),
@@ -255,11 +273,13 @@ impl<S: StateMachine> Driver<S> {
             if let Err(e) = self.on_ready().and_then(|_| self.maybe_snapshot()) {
                 tracing::error!(error = %e, "storage failed; stopping this member");
                 self.fail_all(|| e.clone());
+                self.sm.write().close();
                 self.publish_status(Some(e.to_string()));
                 return;
             }
             if self.shutting_down {
                 self.fail_all(|| RaftError::ShuttingDown);
+                self.sm.write().close();
                 self.publish_status(Some(String::new()));
                 tracing::info!("raft driver stopped");
                 return;
@@ -550,7 +570,7 @@ impl<S: StateMachine> Driver<S> {
         self.raw.mut_store().install_snapshot(&snap)?;
         self.sm
             .write()
-            .restore(&data.state)
+            .restore(meta.index, &data.state)
             .map_err(|e| RaftError::Storage(format!("snapshot {}: {e}", meta.index)))?;
         self.metrics
             .snapshots_installed
@@ -565,6 +585,7 @@ impl<S: StateMachine> Driver<S> {
         self.conf_state = meta.get_conf_state().clone();
         self.applied = meta.index;
         self.applied_term = meta.term;
+        self.sm_floor = meta.index;
         self.log_bytes = 0;
         Ok(())
     }
@@ -582,12 +603,15 @@ impl<S: StateMachine> Driver<S> {
             self.log_bytes += e.data.len() as u64;
             match e.get_entry_type() {
                 EntryType::EntryNormal => {
-                    let response = if e.data.is_empty() {
-                        // A new leader's empty entry.
+                    let response = if e.data.is_empty() || e.index <= self.sm_floor {
+                        // A new leader's empty entry, or one the state machine's store holds.
                         Vec::new()
                     } else {
                         sm.get_or_insert_with(|| sm_lock.write())
                             .apply(e.index, &e.data)
+                            .map_err(|err| {
+                                RaftError::Storage(format!("applying entry {}: {err}", e.index))
+                            })?
                     };
                     if let Some(p) = self.proposals.remove(&e.index) {
                         let result = if decode_id(&e.context) == Some(p.id) {
@@ -682,7 +706,11 @@ impl<S: StateMachine> Driver<S> {
         let started = Instant::now();
         let data = SnapshotData {
             members: self.members.clone(),
-            state: self.sm.read().snapshot(),
+            state: self
+                .sm
+                .read()
+                .snapshot()
+                .map_err(|e| RaftError::Storage(format!("taking a snapshot: {e}")))?,
         };
         let mut meta = raft::eraftpb::SnapshotMetadata {
             index: self.applied,

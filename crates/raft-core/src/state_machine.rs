@@ -16,22 +16,46 @@
 ///
 /// # Durability
 ///
-/// The raft core keeps the state machine's durability for it: it persists the committed log,
-/// and it persists `snapshot()` bytes together with the index they reflect in one atomic write.
-/// On restart it calls `restore` with the latest snapshot and re-applies the committed entries
-/// after it, so the rebuilt state is exactly the state at the commit index: nothing lost and no
-/// command's effect applied twice. A state machine therefore keeps its state in memory and
-/// must not write it anywhere else itself.
+/// The raft core persists the committed log, and it persists `snapshot()` bytes together with
+/// the index they reflect in one atomic write. A state machine keeps its state in one of two
+/// ways:
+///
+/// - **In memory** (the default): on restart the core calls `restore` with the latest snapshot
+///   and re-applies the committed entries after it, so the rebuilt state is exactly the state
+///   at the commit index: nothing lost and no command's effect applied twice.
+/// - **In its own store** (e.g. a sled tree): every `apply` writes its effects and `index`
+///   atomically, and [`StateMachine::persisted_index`] reports that index when the member
+///   starts. The store may lose a suffix of its writes in a crash, but never a middle part (it
+///   recovers to some earlier applied index, with exactly that index's effects). On restart the
+///   core restores the latest snapshot only if the store is older than it, and re-applies only
+///   the entries after the store's index. The log is never compacted past the latest
+///   snapshot, so the entries the store may have lost are always there to re-apply.
+///
+/// Errors from `apply`, `snapshot` and `restore` mean the state machine's own storage failed
+/// or the bytes are corrupt: the member stops rather than continue from a state that may
+/// differ from the other replicas'.
 pub trait StateMachine: Send + Sync + 'static {
     /// Applies the committed command at `index` (indices arrive strictly increasing, without
     /// gaps for normal entries; configuration changes and empty leader entries are skipped) and
     /// returns the response for the proposer.
-    fn apply(&mut self, index: u64, command: &[u8]) -> Vec<u8>;
+    fn apply(&mut self, index: u64, command: &[u8]) -> Result<Vec<u8>, String>;
 
     /// Serializes the complete state as of the last applied index.
-    fn snapshot(&self) -> Vec<u8>;
+    fn snapshot(&self) -> Result<Vec<u8>, String>;
 
     /// Replaces the complete state with a snapshot produced by `snapshot` (possibly on another
-    /// member). An error means the bytes are corrupt; the node then refuses to start.
-    fn restore(&mut self, snapshot: &[u8]) -> Result<(), String>;
+    /// member) that reflects the log up to `index`. An error means the bytes are corrupt or the
+    /// store failed; the node then stops (or refuses to start).
+    fn restore(&mut self, index: u64, snapshot: &[u8]) -> Result<(), String>;
+
+    /// The index of the last command whose effects are in the state machine's own store, read
+    /// once when the member starts. 0, the default, for a state machine kept in memory.
+    fn persisted_index(&self) -> u64 {
+        0
+    }
+
+    /// Called once when the member stops: a state machine with its own store closes it here
+    /// (releasing its files, so the same directory can be opened again in this process).
+    /// Reads made after this may fail.
+    fn close(&mut self) {}
 }

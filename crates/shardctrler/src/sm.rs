@@ -34,16 +34,16 @@ impl StateMachine for ControllerSm {
     /// Responds with an encoded `CommandResult`. Bytes that do not decode to a command are
     /// refused as `InvalidArgument` without touching the controller (no session can be
     /// charged for them), identically on every replica.
-    fn apply(&mut self, _index: u64, command: &[u8]) -> Vec<u8> {
+    fn apply(&mut self, _index: u64, command: &[u8]) -> Result<Vec<u8>, String> {
         let result = codec::decode_command(command).and_then(|cmd| self.ctrl.apply(cmd));
-        codec::encode_result(&result)
+        Ok(codec::encode_result(&result))
     }
 
-    fn snapshot(&self) -> Vec<u8> {
-        codec::encode_snapshot(&self.ctrl.snapshot())
+    fn snapshot(&self) -> Result<Vec<u8>, String> {
+        Ok(codec::encode_snapshot(&self.ctrl.snapshot()))
     }
 
-    fn restore(&mut self, snapshot: &[u8]) -> Result<(), String> {
+    fn restore(&mut self, _index: u64, snapshot: &[u8]) -> Result<(), String> {
         let snap = codec::decode_snapshot(snapshot).map_err(|e| e.to_string())?;
         if snap.num_shards != self.ctrl.num_shards() {
             return Err(format!(
@@ -74,28 +74,28 @@ mod tests {
     #[test]
     fn applies_once_and_restores_only_its_own_shard_count() {
         let mut sm = ControllerSm::new(8).unwrap();
-        let first = sm.apply(1, &join(1, 1, 1));
+        let first = sm.apply(1, &join(1, 1, 1)).unwrap();
         assert_eq!(
             codec::decode_result(&first).unwrap(),
             Ok(Applied { num: 1 })
         );
         assert_eq!(
-            sm.apply(2, &join(1, 1, 1)),
+            sm.apply(2, &join(1, 1, 1)).unwrap(),
             first,
             "a retry gets the same bytes"
         );
         assert_eq!(sm.controller().latest().num, 1);
         assert!(matches!(
-            codec::decode_result(&sm.apply(3, b"garbage")).unwrap(),
+            codec::decode_result(&sm.apply(3, b"garbage").unwrap()).unwrap(),
             Err(CtrlError::InvalidArgument(_))
         ));
 
-        let snap = sm.snapshot();
+        let snap = sm.snapshot().unwrap();
         let mut other = ControllerSm::new(8).unwrap();
-        other.restore(&snap).unwrap();
+        other.restore(9, &snap).unwrap();
         assert_eq!(other, sm);
         let mut wrong = ControllerSm::new(16).unwrap();
-        let err = wrong.restore(&snap).unwrap_err();
+        let err = wrong.restore(9, &snap).unwrap_err();
         assert!(err.contains("8 shards"), "{err}");
     }
 }

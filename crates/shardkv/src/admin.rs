@@ -107,7 +107,7 @@ impl AdminSource for KvAdmin {
                 .map(|(id, s)| ShardRow {
                     shard: id.to_string(),
                     state: state_label(&s.state),
-                    keys: s.data.len() as u64,
+                    keys: s.keys,
                     bytes: s.bytes,
                 })
                 .collect();

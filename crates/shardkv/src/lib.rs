@@ -8,6 +8,9 @@
 //!   has reached, and each shard it holds with its data, its exactly-once sessions and its
 //!   migration state ([`shard::ShardState`]: `Serving`, `Pulling`, `Collecting`,
 //!   `HandingOff`). Its module docs state the invariants.
+//! - [`store::Store`] keeps the shards' keys and values (and a copy of everything else) in a
+//!   sled tree in the member's data directory; each applied command writes its effects and
+//!   its log index there in one atomic batch, so a restart re-applies only the log after it.
 //! - [`service::KvService`] is the gRPC edge: `Get` is a linearizable read through ReadIndex
 //!   (no log write); `Put`/`Append`/`Delete` are proposed through Raft; `PullShard` and
 //!   `DeleteShard` serve other groups.
@@ -24,8 +27,8 @@
 //! A shard is served from the moment it has fully arrived, even while other shards of the same
 //! configuration are still missing; shards that do not move keep being served throughout.
 //!
-//! Deliberately left out: the shard data lives in memory (made durable by the Raft log in sled
-//! plus snapshots), so a group's data must fit in its members' memory.
+//! Snapshots (for log compaction and for members that fell behind) are still whole-state
+//! copies, built on the Raft driver's thread: a very large group pauses while one is taken.
 
 pub mod admin;
 pub mod metrics;
@@ -34,6 +37,7 @@ pub mod node;
 pub mod service;
 pub mod shard;
 pub mod state;
+pub mod store;
 
 pub use node::{KvMember, KvMemberOptions, StartError};
 pub use state::{ShardKvState, MAX_KEY_BYTES, MAX_VALUE_BYTES};

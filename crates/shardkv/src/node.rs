@@ -64,6 +64,9 @@ pub struct KvMemberOptions {
     pub admin: Option<SocketAddr>,
 }
 
+/// The shard store's directory inside a member's data directory.
+pub const STORE_DIR: &str = "kv";
+
 /// Why a member could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -74,6 +77,9 @@ pub enum StartError {
     /// The admin endpoint could not listen on its address.
     #[error("admin endpoint: {0}")]
     Admin(String),
+    /// The shard store in the data directory could not be opened or read.
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
 }
 
 /// A running member of a replica group.
@@ -112,16 +118,15 @@ impl KvMember {
         let local_addr = listener
             .local_addr()
             .map_err(|e| StartError::InvalidArgument(e.to_string()))?;
-        let (node, raft_service) = RaftNode::start_grpc_wrapped(
-            raft,
-            ShardKvState::new(gid, 1),
-            tls.clone(),
-            MAILBOX_CAPACITY,
-            |t| match &wrap_transport {
-                Some(wrap) => wrap(t),
-                None => Arc::new(t),
-            },
-        )?;
+        // The shards live beside the Raft log, in the member's data directory.
+        let state = ShardKvState::open(gid, &raft.data_dir.join(STORE_DIR))?;
+        let (node, raft_service) =
+            RaftNode::start_grpc_wrapped(raft, state, tls.clone(), MAILBOX_CAPACITY, |t| {
+                match &wrap_transport {
+                    Some(wrap) => wrap(t),
+                    None => Arc::new(t),
+                }
+            })?;
         let node = Arc::new(node);
         let gate = RequestGate::new();
         let metrics = Arc::new(KvMetrics::new());

@@ -23,6 +23,7 @@ use tonic::{Request, Response, Status};
 use crate::metrics::{KvMetrics, Op};
 
 use crate::state::{decode_outcome, Refusal, ShardKvState, MAX_KEY_BYTES, MAX_VALUE_BYTES};
+use crate::store::StoreError;
 
 /// Upper bound of one migration chunk's keys and values, in bytes (well under the Raft
 /// command limit, since the chunk becomes one log entry on the receiving group).
@@ -37,6 +38,13 @@ pub(crate) fn refusal_status(r: Refusal) -> Status {
         Refusal::NotReady(m) => to_status(ErrorKind::RetryLater, m),
         Refusal::Invalid(m) => to_status(ErrorKind::InvalidArgument, m),
     }
+}
+
+/// A read from the member's shard store failed (I/O): not the client's fault, and not
+/// something a retry on this member is likely to fix.
+fn store_status(e: StoreError) -> Status {
+    tracing::error!(error = %e, "shard store read failed");
+    to_status(ErrorKind::Internal, e.to_string())
 }
 
 pub(crate) fn now_ms() -> u64 {
@@ -136,7 +144,8 @@ impl KvService {
             .node
             .read(|sm| sm.get(&key))
             .await
-            .map_err(Status::from)?;
+            .map_err(Status::from)?
+            .map_err(store_status)?;
         match result {
             Ok(Some(value)) => Ok(Response::new(pb::GetReply { found: true, value })),
             Ok(None) => Ok(Response::new(pb::GetReply {
@@ -253,7 +262,7 @@ impl ShardKv for KvService {
                 .map(|(id, s)| pb::ShardStatus {
                     shard: *id,
                     state: s.state.name().into(),
-                    keys: s.data.len() as u64,
+                    keys: s.keys,
                     bytes: s.bytes,
                 })
                 .collect(),
@@ -301,6 +310,7 @@ impl KvService {
             .read(|sm| sm.pull_chunk(req.config_num, req.shard, req.after_key.as_deref(), max))
             .await
             .map_err(Status::from)?
+            .map_err(store_status)?
             .map_err(refusal_status)?;
         Ok(Response::new(pb::PullShardReply {
             entries: chunk

@@ -1,4 +1,4 @@
-//! One shard held by a group: its data, its exactly-once sessions, and its migration state.
+//! One shard held by a group: its exactly-once sessions, its size, and its migration state.
 
 use std::collections::BTreeMap;
 
@@ -60,13 +60,15 @@ pub struct Session {
     pub last_ms: u64,
 }
 
-/// A shard's contents.
+/// What the state machine keeps in memory about a shard it holds; the keys and values are in
+/// the store (`crate::store`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Shard {
     pub state: ShardState,
-    pub data: BTreeMap<Bytes, Bytes>,
     pub sessions: BTreeMap<u64, Session>,
-    /// Sum of key and value lengths, maintained on every change (status without a scan).
+    /// Number of keys, maintained on every change (status without a scan).
+    pub keys: u64,
+    /// Sum of key and value lengths, maintained on every change.
     pub bytes: u64,
 }
 
@@ -74,35 +76,32 @@ impl Shard {
     pub fn new(state: ShardState) -> Self {
         Shard {
             state,
-            data: BTreeMap::new(),
             sessions: BTreeMap::new(),
+            keys: 0,
             bytes: 0,
         }
     }
 
-    pub fn put(&mut self, key: Bytes, value: Bytes) {
-        let add = (key.len() + value.len()) as u64;
-        if let Some(old) = self.data.insert(key.clone(), value) {
-            self.bytes -= (key.len() + old.len()) as u64;
+    /// Accounts for `key` changing from a value of `old` bytes (or none) to `new` (or none).
+    pub fn account(&mut self, key_len: usize, old: Option<usize>, new: Option<usize>) {
+        if let Some(old) = old {
+            self.keys -= 1;
+            self.bytes -= (key_len + old) as u64;
         }
-        self.bytes += add;
-    }
-
-    pub fn remove(&mut self, key: &[u8]) {
-        if let Some((k, v)) = self.data.remove_entry(key) {
-            self.bytes -= (k.len() + v.len()) as u64;
+        if let Some(new) = new {
+            self.keys += 1;
+            self.bytes += (key_len + new) as u64;
         }
     }
 
-    /// Records that `seq` from `client` applied at `now_ms`.
-    pub fn record(&mut self, client: u64, seq: u64, now_ms: u64) {
-        self.sessions.insert(
-            client,
-            Session {
-                seq,
-                last_ms: now_ms,
-            },
-        );
+    /// Records that `seq` from `client` applied at `now_ms`; returns the session to store.
+    pub fn record(&mut self, client: u64, seq: u64, now_ms: u64) -> Session {
+        let s = Session {
+            seq,
+            last_ms: now_ms,
+        };
+        self.sessions.insert(client, s);
+        s
     }
 
     /// Whether `seq` from `client` was already applied here.

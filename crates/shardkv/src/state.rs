@@ -16,6 +16,7 @@
 //!   travels with the shard when it moves.
 
 use std::collections::BTreeMap;
+use std::path::Path;
 
 use bytes::Bytes;
 use prost::Message;
@@ -24,6 +25,7 @@ use quorumkv_proto::shardkv as pb;
 use quorumkv_shardctrler_client::Config;
 
 use crate::shard::{Session, Shard, ShardState};
+use crate::store::{Progress, Store, StoreError, WriteBatch};
 
 /// The documented limits (the client library checks them too): keys up to 4 KiB, values up
 /// to 1 MiB (also the largest value an append may produce).
@@ -90,18 +92,28 @@ pub struct Chunk {
     pub sessions: Vec<(u64, Session)>,
 }
 
-/// The replica group's state machine.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// The replica group's state machine. The keys and values live in the [`Store`]; the
+/// configuration, the shard headers and the sessions are also kept in memory (they are small:
+/// sessions expire).
 pub struct ShardKvState {
     gid: u64,
     num_shards: usize,
     config: Config,
     prev: Config,
     shards: BTreeMap<u64, Shard>,
-    clock_ms: u64,
-    writes: u64,
-    /// The log clock at the last session sweep.
-    last_sweep_ms: u64,
+    progress: Progress,
+    store: Store,
+}
+
+impl std::fmt::Debug for ShardKvState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ShardKvState")
+            .field("gid", &self.gid)
+            .field("config", &self.config.num)
+            .field("shards", &self.shards)
+            .field("progress", &self.progress)
+            .finish_non_exhaustive()
+    }
 }
 
 fn empty_config(num_shards: usize) -> Config {
@@ -135,19 +147,77 @@ pub(crate) fn config_from_pb(c: pb::Config) -> Config {
     }
 }
 
+fn parse_state(name: &str, peer: u64, cursor: Option<Bytes>) -> Result<ShardState, String> {
+    Ok(match name {
+        "serving" => ShardState::Serving,
+        "pulling" => ShardState::Pulling { from: peer, cursor },
+        "collecting" => ShardState::Collecting { from: peer },
+        "handing-off" => ShardState::HandingOff { to: peer },
+        other => return Err(format!("unknown shard state {other:?}")),
+    })
+}
+
+/// Entries per batch when a snapshot is loaded into the store.
+const RESTORE_BATCH: usize = 4096;
+
 impl ShardKvState {
-    /// The state of group `gid` before it has seen any configuration. `num_shards` is only a
-    /// starting guess: the first configuration applied fixes it.
-    pub fn new(gid: u64, num_shards: usize) -> Self {
-        ShardKvState {
+    /// Opens group `gid`'s store in `dir` (created if new) and loads its state.
+    pub fn open(gid: u64, dir: &Path) -> Result<Self, StoreError> {
+        Self::load(gid, Store::open(dir)?)
+    }
+
+    /// A state machine on a temporary store (tests and tools).
+    pub fn temporary(gid: u64) -> Result<Self, StoreError> {
+        Self::load(gid, Store::temporary()?)
+    }
+
+    fn load(gid: u64, store: Store) -> Result<Self, StoreError> {
+        let loaded = store.load()?;
+        let mut s = ShardKvState {
             gid,
-            num_shards,
-            config: empty_config(num_shards),
-            prev: empty_config(num_shards),
-            shards: BTreeMap::new(),
-            clock_ms: 0,
-            writes: 0,
-            last_sweep_ms: 0,
+            num_shards: 1,
+            config: empty_config(1),
+            prev: empty_config(1),
+            shards: loaded.shards,
+            progress: loaded.progress,
+            store,
+        };
+        if let Some(meta) = loaded.meta {
+            if meta.gid != gid {
+                return Err(StoreError(format!(
+                    "this store belongs to group {}, not group {gid}",
+                    meta.gid
+                )));
+            }
+            s.set_meta(meta);
+        }
+        Ok(s)
+    }
+
+    fn set_meta(&mut self, meta: pb::StateSnapshot) {
+        let n = (meta.num_shards as usize).max(1);
+        self.num_shards = n;
+        self.config = meta
+            .config
+            .map(config_from_pb)
+            .unwrap_or_else(|| empty_config(n));
+        self.prev = meta
+            .prev_config
+            .map(config_from_pb)
+            .unwrap_or_else(|| empty_config(n));
+    }
+
+    /// The group metadata as stored (a snapshot header without shards).
+    fn meta(&self) -> pb::StateSnapshot {
+        pb::StateSnapshot {
+            gid: self.gid,
+            num_shards: self.num_shards as u64,
+            config: Some(config_to_pb(&self.config)),
+            prev_config: Some(config_to_pb(&self.prev)),
+            clock_ms: self.progress.clock_ms,
+            writes: self.progress.writes,
+            last_sweep_ms: self.progress.last_sweep_ms,
+            shards: Vec::new(),
         }
     }
 
@@ -165,6 +235,11 @@ impl ShardKvState {
 
     pub fn session_count(&self) -> usize {
         self.shards.values().map(|s| s.sessions.len()).sum()
+    }
+
+    /// The index of the last command applied (and stored).
+    pub fn applied_index(&self) -> u64 {
+        self.progress.applied
     }
 
     /// The shard of `key` under the current configuration.
@@ -186,97 +261,152 @@ impl ShardKvState {
     }
 
     /// A read of `key` (the caller makes it linearizable with ReadIndex first).
-    pub fn get(&self, key: &[u8]) -> Result<Option<Bytes>, Refusal> {
-        let shard = self.check_serving(self.shard_of(key))?;
-        Ok(shard.data.get(key).cloned())
+    pub fn get(&self, key: &[u8]) -> Result<Result<Option<Bytes>, Refusal>, StoreError> {
+        let shard = self.shard_of(key);
+        if let Err(r) = self.check_serving(shard) {
+            return Ok(Err(r));
+        }
+        Ok(Ok(self.store.get(shard, key)?))
     }
 
-    /// Applies one encoded command.
-    pub fn apply_bytes(&mut self, bytes: &[u8]) -> Outcome {
+    /// Applies one encoded command at log index `index`, storing its effects and the index in
+    /// one atomic batch.
+    pub fn apply_bytes(&mut self, index: u64, bytes: &[u8]) -> Result<Outcome, StoreError> {
         match pb::Command::decode(bytes) {
-            Ok(pb::Command { cmd: Some(cmd) }) => self.apply(cmd),
-            _ => Err(Refusal::Invalid("undecodable command".into())),
+            Ok(pb::Command { cmd: Some(cmd) }) => self.apply(index, cmd),
+            _ => {
+                self.store
+                    .commit(WriteBatch::default(), self.progressed(index))?;
+                self.progress.applied = index;
+                Ok(Err(Refusal::Invalid("undecodable command".into())))
+            }
         }
     }
 
-    pub fn apply(&mut self, cmd: pb::command::Cmd) -> Outcome {
-        match cmd {
-            pb::command::Cmd::Write(w) => self.apply_write(w),
-            pb::command::Cmd::NextConfig(c) => self.apply_next_config(config_from_pb(c)),
-            pb::command::Cmd::InsertChunk(c) => self.apply_insert_chunk(c),
-            pb::command::Cmd::ShardDone(d) => self.apply_shard_done(d),
+    fn progressed(&self, index: u64) -> Progress {
+        Progress {
+            applied: index,
+            ..self.progress
         }
     }
 
-    fn apply_write(&mut self, w: pb::ClientWrite) -> Outcome {
-        self.clock_ms = self.clock_ms.max(w.now_ms);
+    pub fn apply(&mut self, index: u64, cmd: pb::command::Cmd) -> Result<Outcome, StoreError> {
+        let mut batch = WriteBatch::default();
+        let outcome = match cmd {
+            pb::command::Cmd::Write(w) => self.apply_write(&mut batch, w)?,
+            pb::command::Cmd::NextConfig(c) => {
+                self.apply_next_config(&mut batch, config_from_pb(c))?
+            }
+            pb::command::Cmd::InsertChunk(c) => self.apply_insert_chunk(&mut batch, c)?,
+            pb::command::Cmd::ShardDone(d) => self.apply_shard_done(&mut batch, d)?,
+        };
+        self.progress.applied = index;
+        self.store.commit(batch, self.progress)?;
+        Ok(outcome)
+    }
+
+    fn apply_write(
+        &mut self,
+        batch: &mut WriteBatch,
+        w: pb::ClientWrite,
+    ) -> Result<Outcome, StoreError> {
+        self.progress.clock_ms = self.progress.clock_ms.max(w.now_ms);
         let id = w.id.unwrap_or_default();
         if w.key.len() > MAX_KEY_BYTES || w.value.len() > MAX_VALUE_BYTES {
-            return Err(Refusal::Invalid(format!(
+            return Ok(Err(Refusal::Invalid(format!(
                 "key or value too large (limits: {MAX_KEY_BYTES} and {MAX_VALUE_BYTES} bytes)"
-            )));
+            ))));
         }
         let shard_id = self.shard_of(&w.key);
-        self.check_serving(shard_id)?;
-        let now = self.clock_ms;
-        let shard = self.shards.get_mut(&shard_id).expect("checked above");
-        if shard.is_duplicate(id.client_id, id.seq) {
-            return Ok(());
+        if let Err(r) = self.check_serving(shard_id) {
+            return Ok(Err(r));
         }
-        match pb::WriteOp::try_from(w.op).unwrap_or(pb::WriteOp::Put) {
-            pb::WriteOp::Put => shard.put(w.key, w.value),
+        let now = self.progress.clock_ms;
+        if self.shards[&shard_id].is_duplicate(id.client_id, id.seq) {
+            return Ok(Ok(()));
+        }
+        let op = pb::WriteOp::try_from(w.op).unwrap_or(pb::WriteOp::Put);
+        let (old_len, new_len) = match op {
+            pb::WriteOp::Put => {
+                let old = self.store.value_len(shard_id, &w.key)?;
+                batch.put_value(shard_id, &w.key, &w.value);
+                (old, Some(w.value.len()))
+            }
             pb::WriteOp::Append => {
-                let old = shard.data.get(&w.key).cloned().unwrap_or_default();
+                let old = self.store.get(shard_id, &w.key)?;
+                let old_len = old.as_ref().map(|o| o.len());
+                let old = old.unwrap_or_default();
                 if old.len() + w.value.len() > MAX_VALUE_BYTES {
-                    return Err(Refusal::Invalid(format!(
+                    return Ok(Err(Refusal::Invalid(format!(
                         "append would make the value larger than {MAX_VALUE_BYTES} bytes"
-                    )));
+                    ))));
                 }
                 let mut v = Vec::with_capacity(old.len() + w.value.len());
                 v.extend_from_slice(&old);
                 v.extend_from_slice(&w.value);
-                shard.put(w.key, v.into());
+                batch.put_value(shard_id, &w.key, &v);
+                (old_len, Some(v.len()))
             }
-            pb::WriteOp::Delete => shard.remove(&w.key),
+            pb::WriteOp::Delete => {
+                let old = self.store.value_len(shard_id, &w.key)?;
+                if old.is_some() {
+                    batch.remove_value(shard_id, &w.key);
+                }
+                (old, None)
+            }
+        };
+        let shard = self.shards.get_mut(&shard_id).expect("checked above");
+        shard.account(w.key.len(), old_len, new_len);
+        let session = shard.record(id.client_id, id.seq, now);
+        batch.put_session(shard_id, id.client_id, session);
+        batch.put_header(shard_id, shard);
+        self.progress.writes += 1;
+        if now >= self.progress.last_sweep_ms + SWEEP_INTERVAL_MS {
+            self.expire_sessions(batch);
+            self.progress.last_sweep_ms = now;
         }
-        shard.record(id.client_id, id.seq, now);
-        self.writes += 1;
-        if now >= self.last_sweep_ms + SWEEP_INTERVAL_MS {
-            self.expire_sessions();
-            self.last_sweep_ms = now;
-        }
-        Ok(())
+        Ok(Ok(()))
     }
 
     /// Forgets sessions idle for longer than the TTL, by the log's own clock.
-    fn expire_sessions(&mut self) {
-        let horizon = self.clock_ms.saturating_sub(SESSION_TTL_MS);
-        for s in self.shards.values_mut() {
-            s.sessions.retain(|_, sess| sess.last_ms >= horizon);
+    fn expire_sessions(&mut self, batch: &mut WriteBatch) {
+        let horizon = self.progress.clock_ms.saturating_sub(SESSION_TTL_MS);
+        for (id, s) in self.shards.iter_mut() {
+            s.sessions.retain(|client, sess| {
+                let keep = sess.last_ms >= horizon;
+                if !keep {
+                    batch.remove_session(*id, *client);
+                }
+                keep
+            });
         }
     }
 
-    fn apply_next_config(&mut self, next: Config) -> Outcome {
+    fn apply_next_config(
+        &mut self,
+        batch: &mut WriteBatch,
+        next: Config,
+    ) -> Result<Outcome, StoreError> {
         if next.num != self.config.num + 1 {
-            return Err(Refusal::NotReady(format!(
+            return Ok(Err(Refusal::NotReady(format!(
                 "configuration {} is not the successor of {}",
                 next.num, self.config.num
-            )));
+            ))));
         }
         if self.shards.values().any(|s| s.state != ShardState::Serving) {
-            return Err(Refusal::NotReady(
+            return Ok(Err(Refusal::NotReady(
                 "a migration of the current configuration is unfinished".into(),
-            ));
+            )));
         }
         if self.config.num == 0 {
             self.num_shards = next.shards.len().max(1);
         } else if next.shards.len() != self.num_shards {
-            return Err(Refusal::Invalid(format!(
+            return Ok(Err(Refusal::Invalid(format!(
                 "configuration {} has {} shards, expected {}",
                 next.num,
                 next.shards.len(),
                 self.num_shards
-            )));
+            ))));
         }
         for shard in 0..self.num_shards as u64 {
             let before = self.config.shards.get(shard as usize).copied().unwrap_or(0);
@@ -290,76 +420,98 @@ impl ShardKvState {
                         cursor: None,
                     }
                 };
-                self.shards.insert(shard, Shard::new(state));
+                let s = Shard::new(state);
+                batch.put_header(shard, &s);
+                self.shards.insert(shard, s);
             } else if before == self.gid && after != self.gid {
                 if after == 0 {
                     // No group owns it any more (the last group left): nobody will pull it.
+                    self.store.remove_shard(batch, shard)?;
                     self.shards.remove(&shard);
                 } else if let Some(s) = self.shards.get_mut(&shard) {
                     s.state = ShardState::HandingOff { to: after };
+                    batch.put_header(shard, s);
                 }
             }
         }
         self.prev = std::mem::replace(&mut self.config, next);
-        Ok(())
+        batch.put_meta(&self.meta());
+        Ok(Ok(()))
     }
 
-    fn apply_insert_chunk(&mut self, c: pb::InsertChunk) -> Outcome {
+    fn apply_insert_chunk(
+        &mut self,
+        batch: &mut WriteBatch,
+        c: pb::InsertChunk,
+    ) -> Result<Outcome, StoreError> {
         if c.config_num != self.config.num {
-            return Err(Refusal::NotReady("chunk of another configuration".into()));
+            return Ok(Err(Refusal::NotReady(
+                "chunk of another configuration".into(),
+            )));
         }
         let Some(shard) = self.shards.get_mut(&c.shard) else {
-            return Err(Refusal::NotReady(format!(
+            return Ok(Err(Refusal::NotReady(format!(
                 "shard {} is not expected",
                 c.shard
-            )));
+            ))));
         };
         let ShardState::Pulling { from, cursor } = &shard.state else {
             // Already complete: a duplicate chunk.
-            return Ok(());
+            return Ok(Ok(()));
         };
         let from = *from;
         if cursor.as_deref() != c.after_key.as_deref() {
-            return Err(Refusal::NotReady(
+            return Ok(Err(Refusal::NotReady(
                 "chunk does not continue the shard".into(),
-            ));
+            )));
         }
         let mut last = cursor.clone();
         for kv in c.entries {
-            last = Some(kv.key.clone());
-            shard.put(kv.key, kv.value);
+            // Keys arrive in increasing order after the cursor: each one is new here.
+            let old = self.store.value_len(c.shard, &kv.key)?;
+            shard.account(kv.key.len(), old, Some(kv.value.len()));
+            batch.put_value(c.shard, &kv.key, &kv.value);
+            last = Some(kv.key);
         }
         if c.done {
             for s in c.sessions {
-                shard.record(s.client_id, s.seq, s.last_ms);
+                let session = shard.record(s.client_id, s.seq, s.last_ms);
+                batch.put_session(c.shard, s.client_id, session);
             }
             shard.state = ShardState::Collecting { from };
         } else {
             shard.state = ShardState::Pulling { from, cursor: last };
         }
-        Ok(())
+        batch.put_header(c.shard, shard);
+        Ok(Ok(()))
     }
 
-    fn apply_shard_done(&mut self, d: pb::ShardDone) -> Outcome {
+    fn apply_shard_done(
+        &mut self,
+        batch: &mut WriteBatch,
+        d: pb::ShardDone,
+    ) -> Result<Outcome, StoreError> {
         if d.config_num > self.config.num {
-            return Err(Refusal::NotReady(format!(
+            return Ok(Err(Refusal::NotReady(format!(
                 "this group has not reached configuration {} yet",
                 d.config_num
-            )));
+            ))));
         }
         if d.config_num < self.config.num {
-            return Ok(()); // Long done.
+            return Ok(Ok(())); // Long done.
         }
-        match self.shards.get(&d.shard).map(|s| &s.state) {
-            Some(ShardState::HandingOff { .. }) => {
+        match self.shards.get_mut(&d.shard) {
+            Some(s) if matches!(s.state, ShardState::HandingOff { .. }) => {
+                self.store.remove_shard(batch, d.shard)?;
                 self.shards.remove(&d.shard);
             }
-            Some(ShardState::Collecting { .. }) => {
-                self.shards.get_mut(&d.shard).unwrap().state = ShardState::Serving;
+            Some(s) if matches!(s.state, ShardState::Collecting { .. }) => {
+                s.state = ShardState::Serving;
+                batch.put_header(d.shard, s);
             }
             _ => {}
         }
-        Ok(())
+        Ok(Ok(()))
     }
 
     /// A chunk of a shard we are handing off, for its new owner (at most ~`max_bytes` of keys
@@ -370,12 +522,12 @@ impl ShardKvState {
         shard: u64,
         after: Option<&[u8]>,
         max_bytes: usize,
-    ) -> Result<Chunk, Refusal> {
+    ) -> Result<Result<Chunk, Refusal>, StoreError> {
         if self.config.num < config_num {
-            return Err(Refusal::NotReady(format!(
+            return Ok(Err(Refusal::NotReady(format!(
                 "this group is at configuration {}, the shard moves in {config_num}",
                 self.config.num
-            )));
+            ))));
         }
         let s = match self.shards.get(&shard) {
             Some(s)
@@ -385,38 +537,33 @@ impl ShardKvState {
                 s
             }
             _ => {
-                return Err(Refusal::Invalid(format!(
+                return Ok(Err(Refusal::Invalid(format!(
                     "shard {shard} is not being handed off in configuration {config_num}"
-                )))
+                ))))
             }
-        };
-        let range = match after {
-            Some(k) => s
-                .data
-                .range::<[u8], _>((std::ops::Bound::Excluded(k), std::ops::Bound::Unbounded)),
-            None => s.data.range::<[u8], _>(..),
         };
         let mut entries = Vec::new();
         let mut size = 0;
         let mut done = true;
-        for (k, v) in range {
+        for kv in self.store.scan(shard, after)? {
+            let (k, v) = kv?;
             if !entries.is_empty() && size + k.len() + v.len() > max_bytes {
                 done = false;
                 break;
             }
             size += k.len() + v.len();
-            entries.push((k.clone(), v.clone()));
+            entries.push((k, v));
         }
         let sessions = if done {
             s.sessions.iter().map(|(c, s)| (*c, *s)).collect()
         } else {
             Vec::new()
         };
-        Ok(Chunk {
+        Ok(Ok(Chunk {
             entries,
             done,
             sessions,
-        })
+        }))
     }
 
     /// What the migration task has to do next.
@@ -445,108 +592,123 @@ impl ShardKvState {
         v
     }
 
-    pub fn encode_snapshot(&self) -> Vec<u8> {
-        let kv = |(k, v): (&Bytes, &Bytes)| pb::KeyValue {
-            key: k.clone(),
-            value: v.clone(),
-        };
-        let snap = pb::StateSnapshot {
-            gid: self.gid,
-            num_shards: self.num_shards as u64,
-            config: Some(config_to_pb(&self.config)),
-            prev_config: Some(config_to_pb(&self.prev)),
-            clock_ms: self.clock_ms,
-            writes: self.writes,
-            last_sweep_ms: self.last_sweep_ms,
-            shards: self
-                .shards
-                .iter()
-                .map(|(id, s)| pb::ShardSnapshot {
-                    shard: *id,
-                    state: s.state.name().to_string(),
-                    peer_gid: s.state.peer_gid(),
-                    cursor: match &s.state {
-                        ShardState::Pulling { cursor, .. } => cursor.clone(),
-                        _ => None,
-                    },
-                    entries: s.data.iter().map(kv).collect(),
-                    sessions: s
-                        .sessions
-                        .iter()
-                        .map(|(c, sess)| pb::Session {
-                            client_id: *c,
-                            seq: sess.seq,
-                            last_ms: sess.last_ms,
-                        })
-                        .collect(),
-                })
-                .collect(),
-        };
-        snap.encode_to_vec()
+    /// The complete state as snapshot bytes, for comparisons in tests and tools; a store
+    /// failure yields the error's text instead.
+    pub fn snapshot_bytes(&self) -> Vec<u8> {
+        self.encode_snapshot()
+            .unwrap_or_else(|e| e.to_string().into_bytes())
     }
 
-    pub fn decode_snapshot(bytes: &[u8]) -> Result<Self, String> {
-        let snap = pb::StateSnapshot::decode(bytes).map_err(|e| e.to_string())?;
-        let mut shards = BTreeMap::new();
-        for s in snap.shards {
-            let state = match s.state.as_str() {
-                "serving" => ShardState::Serving,
-                "pulling" => ShardState::Pulling {
-                    from: s.peer_gid,
-                    cursor: s.cursor,
+    /// The complete state (keys and values read from the store, in key order) as bytes.
+    pub fn encode_snapshot(&self) -> Result<Vec<u8>, StoreError> {
+        let mut snap = self.meta();
+        for (id, s) in &self.shards {
+            let entries = self
+                .store
+                .scan(*id, None)?
+                .map(|kv| kv.map(|(key, value)| pb::KeyValue { key, value }))
+                .collect::<Result<Vec<_>, _>>()?;
+            snap.shards.push(pb::ShardSnapshot {
+                shard: *id,
+                state: s.state.name().to_string(),
+                peer_gid: s.state.peer_gid(),
+                cursor: match &s.state {
+                    ShardState::Pulling { cursor, .. } => cursor.clone(),
+                    _ => None,
                 },
-                "collecting" => ShardState::Collecting { from: s.peer_gid },
-                "handing-off" => ShardState::HandingOff { to: s.peer_gid },
-                other => return Err(format!("unknown shard state {other:?}")),
-            };
+                entries,
+                sessions: s
+                    .sessions
+                    .iter()
+                    .map(|(c, sess)| pb::Session {
+                        client_id: *c,
+                        seq: sess.seq,
+                        last_ms: sess.last_ms,
+                    })
+                    .collect(),
+            });
+        }
+        Ok(snap.encode_to_vec())
+    }
+
+    /// Replaces the whole state (store included) with a snapshot taken at log index `index`.
+    pub fn restore_snapshot(&mut self, index: u64, bytes: &[u8]) -> Result<(), String> {
+        let mut snap = pb::StateSnapshot::decode(bytes).map_err(|e| e.to_string())?;
+        if snap.gid != self.gid {
+            return Err(format!(
+                "snapshot of group {} cannot be restored in group {}",
+                snap.gid, self.gid
+            ));
+        }
+        let shard_snaps = std::mem::take(&mut snap.shards);
+        let mut shards = BTreeMap::new();
+        let mut states = Vec::new();
+        for s in &shard_snaps {
+            states.push(parse_state(&s.state, s.peer_gid, s.cursor.clone())?);
+        }
+        // The old contents go first (progress record included): a crash from here until the
+        // final commit leaves a store that is restored again on restart.
+        self.store.clear().map_err(|e| e.to_string())?;
+        for (s, state) in shard_snaps.into_iter().zip(states) {
             let mut shard = Shard::new(state);
-            for kv in s.entries {
-                shard.put(kv.key, kv.value);
+            for chunk in s.entries.chunks(RESTORE_BATCH) {
+                let mut batch = WriteBatch::default();
+                for kv in chunk {
+                    shard.account(kv.key.len(), None, Some(kv.value.len()));
+                    batch.put_value(s.shard, &kv.key, &kv.value);
+                }
+                self.store
+                    .commit(batch, Progress::default())
+                    .map_err(|e| e.to_string())?;
             }
-            for sess in s.sessions {
-                shard.record(sess.client_id, sess.seq, sess.last_ms);
+            let mut batch = WriteBatch::default();
+            for sess in &s.sessions {
+                let session = shard.record(sess.client_id, sess.seq, sess.last_ms);
+                batch.put_session(s.shard, sess.client_id, session);
             }
+            batch.put_header(s.shard, &shard);
+            self.store
+                .commit(batch, Progress::default())
+                .map_err(|e| e.to_string())?;
             shards.insert(s.shard, shard);
         }
-        let num_shards = snap.num_shards as usize;
-        Ok(ShardKvState {
-            gid: snap.gid,
-            num_shards,
-            config: snap
-                .config
-                .map(config_from_pb)
-                .unwrap_or_else(|| empty_config(num_shards)),
-            prev: snap
-                .prev_config
-                .map(config_from_pb)
-                .unwrap_or_else(|| empty_config(num_shards)),
-            shards,
+        self.progress = Progress {
+            applied: index,
             clock_ms: snap.clock_ms,
             writes: snap.writes,
             last_sweep_ms: snap.last_sweep_ms,
-        })
+        };
+        self.set_meta(snap);
+        self.shards = shards;
+        let mut batch = WriteBatch::default();
+        batch.put_meta(&self.meta());
+        self.store
+            .commit(batch, self.progress)
+            .map_err(|e| e.to_string())
     }
 }
 
 impl quorumkv_raft_core::StateMachine for ShardKvState {
-    fn apply(&mut self, _index: u64, command: &[u8]) -> Vec<u8> {
-        encode_outcome(&self.apply_bytes(command))
+    fn apply(&mut self, index: u64, command: &[u8]) -> Result<Vec<u8>, String> {
+        self.apply_bytes(index, command)
+            .map(|o| encode_outcome(&o))
+            .map_err(|e| e.to_string())
     }
 
-    fn snapshot(&self) -> Vec<u8> {
-        self.encode_snapshot()
+    fn snapshot(&self) -> Result<Vec<u8>, String> {
+        self.encode_snapshot().map_err(|e| e.to_string())
     }
 
-    fn restore(&mut self, snapshot: &[u8]) -> Result<(), String> {
-        let restored = Self::decode_snapshot(snapshot)?;
-        if restored.gid != self.gid {
-            return Err(format!(
-                "snapshot of group {} cannot be restored in group {}",
-                restored.gid, self.gid
-            ));
-        }
-        *self = restored;
-        Ok(())
+    fn restore(&mut self, index: u64, snapshot: &[u8]) -> Result<(), String> {
+        self.restore_snapshot(index, snapshot)
+    }
+
+    fn persisted_index(&self) -> u64 {
+        self.progress.applied
+    }
+
+    fn close(&mut self) {
+        self.store.close();
     }
 }
 
@@ -568,66 +730,145 @@ mod tests {
         })
     }
 
-    fn one_group_owning_everything() -> ShardKvState {
-        let mut s = ShardKvState::new(1, 4);
+    /// Applies at the next index (tests number the log themselves).
+    fn step(s: &mut ShardKvState, cmd: pb::command::Cmd) -> Outcome {
+        let index = s.applied_index() + 1;
+        s.apply(index, cmd).expect("store")
+    }
+
+    fn next_config() -> pb::command::Cmd {
         let config = Config {
             num: 1,
             shards: vec![1; 4],
             groups: [(1, vec!["a:1".to_string()])].into_iter().collect(),
         };
-        s.apply(pb::command::Cmd::NextConfig(config_to_pb(&config)))
-            .unwrap();
+        pb::command::Cmd::NextConfig(config_to_pb(&config))
+    }
+
+    fn get(s: &ShardKvState, key: &[u8]) -> Option<Bytes> {
+        s.get(key).unwrap().unwrap()
+    }
+
+    fn one_group_owning_everything() -> ShardKvState {
+        let mut s = ShardKvState::temporary(1).unwrap();
+        step(&mut s, next_config()).unwrap();
         s
     }
 
     #[test]
     fn idle_sessions_expire_by_the_log_clock_and_identically_after_a_snapshot() {
         let mut a = one_group_owning_everything();
-        a.apply(write(7, 1, "k", 1_000)).unwrap();
+        step(&mut a, write(7, 1, "k", 1_000)).unwrap();
         // A retry within the TTL is a duplicate: applied once.
-        a.apply(write(7, 1, "k", 2_000)).unwrap();
-        assert_eq!(a.get(b"k").unwrap().as_deref(), Some(&b"v"[..]));
+        step(&mut a, write(7, 1, "k", 2_000)).unwrap();
+        assert_eq!(get(&a, b"k").as_deref(), Some(&b"v"[..]));
         // Client 8 writes at t1: a sweep runs (client 7 is not idle long enough yet).
         let t1 = SESSION_TTL_MS;
-        a.apply(write(8, 1, "other", t1)).unwrap();
+        step(&mut a, write(8, 1, "other", t1)).unwrap();
         assert_eq!(a.session_count(), 2);
 
         // A replica restored from a snapshot taken now must sweep at the same points of the
         // log (so the time of the last sweep travels in the snapshot).
-        let mut b = ShardKvState::new(1, 4);
-        b.restore(&a.snapshot()).unwrap();
+        let mut b = ShardKvState::temporary(1).unwrap();
+        b.restore(a.applied_index(), &a.snapshot().unwrap())
+            .unwrap();
 
         // Client 7 is now idle past the TTL, but the next sweep is not due yet: kept.
         let t2 = 2_000 + SESSION_TTL_MS + 1;
         assert!(t2 < t1 + SWEEP_INTERVAL_MS);
         for s in [&mut a, &mut b] {
-            s.apply(write(8, 2, "other", t2)).unwrap();
+            step(s, write(8, 2, "other", t2)).unwrap();
             assert_eq!(s.session_count(), 2, "swept before the interval passed");
         }
         // Once the interval passed, both sweep it.
         for s in [&mut a, &mut b] {
-            s.apply(write(8, 3, "other", t1 + SWEEP_INTERVAL_MS))
-                .unwrap();
+            step(s, write(8, 3, "other", t1 + SWEEP_INTERVAL_MS)).unwrap();
             assert_eq!(
                 s.session_count(),
                 1,
                 "client 7's idle session was not swept"
             );
         }
-        assert_eq!(a, b, "replicas disagree after the sweep");
+        assert_eq!(a.shards(), b.shards(), "replicas disagree after the sweep");
         assert_eq!(a.snapshot(), b.snapshot());
     }
 
     #[test]
     fn a_write_to_a_shard_not_owned_or_not_arrived_is_refused_and_changes_nothing() {
-        let mut s = ShardKvState::new(2, 4);
-        assert_eq!(s.apply(write(1, 1, "k", 1)), Err(Refusal::WrongGroup));
-        let before = s.snapshot();
+        let mut s = ShardKvState::temporary(2).unwrap();
+        assert_eq!(step(&mut s, write(1, 1, "k", 1)), Err(Refusal::WrongGroup));
+        let before = s.snapshot().unwrap();
         let big = pb::command::Cmd::Write(pb::ClientWrite {
             key: Bytes::from(vec![b'k'; MAX_KEY_BYTES + 1]),
             ..Default::default()
         });
-        assert!(matches!(s.apply(big), Err(Refusal::Invalid(_))));
-        assert_eq!(s.snapshot(), before);
+        assert!(matches!(step(&mut s, big), Err(Refusal::Invalid(_))));
+        assert_eq!(s.snapshot().unwrap(), before);
+    }
+
+    #[test]
+    fn the_store_keeps_data_sessions_and_progress_across_a_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let put = |client, seq, key: &str, value: &str, op: pb::WriteOp| {
+            pb::command::Cmd::Write(pb::ClientWrite {
+                key: Bytes::copy_from_slice(key.as_bytes()),
+                value: Bytes::copy_from_slice(value.as_bytes()),
+                op: op as i32,
+                id: Some(pb::RequestId {
+                    client_id: client,
+                    seq,
+                }),
+                now_ms: 5,
+            })
+        };
+        let snapshot = {
+            let mut s = ShardKvState::open(1, dir.path()).unwrap();
+            step(&mut s, next_config()).unwrap();
+            step(&mut s, put(1, 1, "a", "1", pb::WriteOp::Put)).unwrap();
+            step(&mut s, put(1, 2, "a", "23", pb::WriteOp::Append)).unwrap();
+            step(&mut s, put(1, 3, "b", "x", pb::WriteOp::Put)).unwrap();
+            step(&mut s, put(1, 4, "b", "", pb::WriteOp::Delete)).unwrap();
+            step(&mut s, put(2, 1, "c", "yy", pb::WriteOp::Put)).unwrap();
+            assert_eq!(s.applied_index(), 6);
+            s.snapshot().unwrap()
+        };
+        let mut s = ShardKvState::open(1, dir.path()).unwrap();
+        assert_eq!(s.persisted_index(), 6, "the applied index was not stored");
+        assert_eq!(get(&s, b"a").as_deref(), Some(&b"123"[..]));
+        assert_eq!(get(&s, b"b"), None);
+        assert_eq!(
+            s.snapshot().unwrap(),
+            snapshot,
+            "state differs after reopening"
+        );
+        let (keys, bytes) = s
+            .shards()
+            .values()
+            .fold((0, 0), |(k, b), sh| (k + sh.keys, b + sh.bytes));
+        assert_eq!((keys, bytes), (2, (1 + 3) + (1 + 2)), "counters not kept");
+        // A retried write is still recognised as a duplicate after the reopen.
+        step(&mut s, put(1, 2, "a", "23", pb::WriteOp::Append)).unwrap();
+        assert_eq!(get(&s, b"a").as_deref(), Some(&b"123"[..]));
+        // Another group's store is refused.
+        drop(s);
+        let err = ShardKvState::open(2, dir.path()).unwrap_err();
+        assert!(err.to_string().contains("group 1"), "{err}");
+    }
+
+    #[test]
+    fn restoring_a_snapshot_replaces_the_store_and_records_its_index() {
+        let mut a = one_group_owning_everything();
+        step(&mut a, write(1, 1, "k", 1)).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let mut b = ShardKvState::open(1, dir.path()).unwrap();
+            step(&mut b, next_config()).unwrap();
+            step(&mut b, write(9, 1, "stale", 1)).unwrap();
+            b.restore(40, &a.snapshot().unwrap()).unwrap();
+            assert_eq!(get(&b, b"stale"), None, "old data survived the restore");
+        }
+        let b = ShardKvState::open(1, dir.path()).unwrap();
+        assert_eq!(b.persisted_index(), 40);
+        assert_eq!(b.snapshot().unwrap(), a.snapshot().unwrap());
     }
 }

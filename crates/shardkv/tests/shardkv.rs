@@ -54,7 +54,7 @@ async fn join_then_leave_keeps_every_key() {
     c.wait_settled(&[1, 2], n).await;
     check_all(&kv, &want).await;
     assert!(
-        c.state(1, 1).shards().is_empty(),
+        c.state(1, 1, |s| s.shards().is_empty()),
         "group 1 still holds shards after leaving"
     );
     c.shutdown().await;
@@ -68,7 +68,7 @@ async fn static_shards_a_down_group_fails_only_its_own_keys() {
     let mut kv = c.client();
     let want = put_all(&mut kv, 20, "v").await;
     c.stop_group(2).await;
-    let config = c.state(1, 1).config().clone();
+    let config = c.state(1, 1, |s| s.config().clone());
     let quick = c.client().with_timeout(Duration::from_millis(1500));
     let (mut ok, mut failed) = (0, 0);
     for (k, v) in &want {
@@ -132,6 +132,88 @@ async fn snapshots_bound_the_log_and_survive_a_full_restart() {
     c.shutdown().await;
 }
 
+/// Waits until member `id` has applied what the leader has, then returns both members' full
+/// states (as snapshot bytes).
+async fn converged_states(c: &Cluster, gid: u64, id: u64) -> (Vec<u8>, Vec<u8>) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let leader = c.leader(gid).expect("a leader");
+        let want = c.status(gid, leader).applied_index;
+        if c.status(gid, id).applied_index == want {
+            let a = c.state(gid, leader, |s| s.snapshot_bytes());
+            let b = c.state(gid, id, |s| s.snapshot_bytes());
+            if c.status(gid, leader).applied_index == want {
+                return (a, b);
+            }
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "member {id} of group {gid} did not catch up"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restarted_members_rebuild_their_shard_store_from_it_or_from_snapshot_and_log() {
+    let mut c = Cluster::start(
+        1,
+        Opts {
+            snapshot_log_bytes: 4096,
+        },
+    )
+    .await;
+    let n = c.join(&[1]).await;
+    c.wait_settled(&[1], n).await;
+    let mut kv = c.client();
+    let mut want = put_all(&mut kv, 10, "v").await;
+    let mut round = 0;
+    let mut more = |kv: &mut KvClient, want: &mut BTreeMap<Vec<u8>, Vec<u8>>| {
+        round += 1;
+        let add = format!(".{round}");
+        let mut kv = kv.fork();
+        let keys: Vec<Vec<u8>> = want.keys().cloned().collect();
+        for k in &keys {
+            want.get_mut(k).unwrap().extend_from_slice(add.as_bytes());
+        }
+        async move {
+            for k in keys {
+                kv.append(&k, add.as_bytes()).await.unwrap();
+            }
+        }
+    };
+    for _ in 0..10 {
+        more(&mut kv, &mut want).await;
+    }
+    let leader = c.leader(1).unwrap();
+    let (normal, lost) = if leader == 1 {
+        (2, 3)
+    } else {
+        (1, if leader == 2 { 3 } else { 2 })
+    };
+    // One member keeps its shard store (it re-applies only the log after it); the other
+    // lost it entirely (it restores the latest snapshot and re-applies the log after that).
+    // One at a time, so that the group keeps a majority and takes writes meanwhile.
+    for (id, lose_store) in [(normal, false), (lost, true)] {
+        c.stop_member(1, id).await;
+        for _ in 0..3 {
+            more(&mut kv, &mut want).await;
+        }
+        if lose_store {
+            let store = c.member_dir(1, id).join(quorumkv_shardkv::node::STORE_DIR);
+            assert!(store.is_dir(), "no shard store at {}", store.display());
+            std::fs::remove_dir_all(&store).unwrap();
+        }
+        c.restart_member(1, id).await;
+        let (a, b) = converged_states(&c, 1, id).await;
+        assert!(a == b, "member {id}'s state differs from the leader's");
+    }
+    // Every write applied exactly once, with the old leader out of the way.
+    c.stop_member(1, leader).await;
+    check_all(&kv, &want).await;
+    c.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_member_down_across_configuration_changes_catches_up() {
     let mut c = Cluster::start(3, Opts::default()).await;
@@ -150,13 +232,13 @@ async fn a_member_down_across_configuration_changes_catches_up() {
     c.wait_settled(&[1], n).await;
     // The restarted member holds exactly what its group holds.
     let leader = c.leader(1).unwrap();
-    let a = c.state(1, leader);
-    let b = c.state(1, 3);
-    assert_eq!(a.config().num, b.config().num);
-    assert_eq!(
-        a.shards().keys().collect::<Vec<_>>(),
-        b.shards().keys().collect::<Vec<_>>()
-    );
+    let view = |s: &quorumkv_shardkv::ShardKvState| {
+        (
+            s.config().num,
+            s.shards().keys().copied().collect::<Vec<_>>(),
+        )
+    };
+    assert_eq!(c.state(1, leader, view), c.state(1, 3, view));
     check_all(&kv, &want).await;
     c.shutdown().await;
 }
@@ -280,7 +362,7 @@ async fn unaffected_shards_keep_serving_while_others_cannot_move() {
     let n = c.join(&[2]).await;
     c.wait_settled(&[1, 2], n).await;
     // Read before the leave: group 2 moves on to the next configuration within a poll.
-    let before = c.state(2, 1).config().clone();
+    let before = c.state(2, 1, |s| s.config().clone());
     // Group 1 dies, then leaves: its shards can never be pulled by group 2.
     c.stop_group(1).await;
     let n = c.leave(&[1]).await;
@@ -308,7 +390,7 @@ async fn arrived_shards_are_served_while_others_are_missing() {
     c.wait_settled(&[1, 2, 3], n).await;
     let mut kv = c.client();
     let want = put_all(&mut kv, 40, "v").await;
-    let before = c.state(3, 1).config().clone();
+    let before = c.state(3, 1, |s| s.config().clone());
     // Group 2 dies; then group 1 leaves: its shards go to groups 2 (dead) and 3.
     c.stop_group(2).await;
     let n = c.leave(&[1]).await;

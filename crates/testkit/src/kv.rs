@@ -80,14 +80,14 @@ fn take_bytes<'a>(b: &mut &'a [u8]) -> Result<&'a [u8], String> {
 }
 
 impl StateMachine for KvStateMachine {
-    fn apply(&mut self, index: u64, command: &[u8]) -> Vec<u8> {
+    fn apply(&mut self, index: u64, command: &[u8]) -> Result<Vec<u8>, String> {
         if index <= self.last_index {
             self.violations
                 .push(format!("index {index} applied after {}", self.last_index));
         }
         self.last_index = index;
         self.applied_commands += 1;
-        match KvCommand::decode(command) {
+        Ok(match KvCommand::decode(command) {
             Some(KvCommand::Put { key, value }) => self
                 .data
                 .insert(key, value)
@@ -100,10 +100,10 @@ impl StateMachine for KvStateMachine {
             }
             Some(KvCommand::Pad(_)) => Vec::new(),
             None => b"bad command".to_vec(),
-        }
+        })
     }
 
-    fn snapshot(&self) -> Vec<u8> {
+    fn snapshot(&self) -> Result<Vec<u8>, String> {
         let mut out = Vec::new();
         out.extend_from_slice(&self.last_index.to_be_bytes());
         out.extend_from_slice(&self.applied_commands.to_be_bytes());
@@ -112,10 +112,10 @@ impl StateMachine for KvStateMachine {
             put_bytes(&mut out, k.as_bytes());
             put_bytes(&mut out, v.as_bytes());
         }
-        out
+        Ok(out)
     }
 
-    fn restore(&mut self, snapshot: &[u8]) -> Result<(), String> {
+    fn restore(&mut self, _index: u64, snapshot: &[u8]) -> Result<(), String> {
         let mut b = snapshot;
         let head = b.get(..20).ok_or("snapshot truncated")?;
         let last_index = u64::from_be_bytes(head[..8].try_into().unwrap());

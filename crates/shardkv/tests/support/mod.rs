@@ -129,7 +129,7 @@ impl Cluster {
 
     fn member_options(&self, gid: u64, id: u64) -> KvMemberOptions {
         let g = &self.groups[&gid];
-        let mut raft = NodeConfig::new(id, gid, self.dir.path().join(format!("g{gid}-{id}")));
+        let mut raft = NodeConfig::new(id, gid, self.member_dir(gid, id));
         raft.members = g.addrs.iter().map(|(i, a)| (*i, a.clone())).collect();
         fast(&mut raft, &self.opts);
         let net = self.net.clone();
@@ -228,6 +228,11 @@ impl Cluster {
         }
     }
 
+    /// A member's data directory (Raft log, snapshots and shard store).
+    pub fn member_dir(&self, gid: u64, id: u64) -> std::path::PathBuf {
+        self.dir.path().join(format!("g{gid}-{id}"))
+    }
+
     pub fn running(&self, gid: u64) -> Vec<u64> {
         self.groups[&gid].members.keys().copied().collect()
     }
@@ -259,11 +264,9 @@ impl Cluster {
         self.groups[&gid].members[&id].node().status()
     }
 
-    /// A copy of a member's state (local, for assertions).
-    pub fn state(&self, gid: u64, id: u64) -> ShardKvState {
-        self.groups[&gid].members[&id]
-            .node()
-            .read_local(|s| s.clone())
+    /// Looks at a member's state (local, for assertions).
+    pub fn state<T>(&self, gid: u64, id: u64, f: impl FnOnce(&ShardKvState) -> T) -> T {
+        self.groups[&gid].members[&id].node().read_local(f)
     }
 
     /// The leader of `gid` among its running members.
