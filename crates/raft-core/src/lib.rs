@@ -40,17 +40,21 @@
 //!   before any vote or append response of the same Ready leaves, and before anything is
 //!   applied.
 //! - Apply in order, exactly once per process lifetime: the state machine sees committed
-//!   entries in index order. After a restart it is restored from the latest snapshot and the
-//!   committed entries after it are applied again to that restored state, which rebuilds the
-//!   exact pre-crash state: the snapshot data and the index it reflects are written in one
-//!   atomic step, so nothing is lost and nothing is applied twice to the same state.
+//!   entries in index order. After a restart an in-memory state machine is restored from the
+//!   latest snapshot and the committed entries after it are applied again to that restored
+//!   state, which rebuilds the exact pre-crash state: the snapshot data and the index it
+//!   reflects are written in one atomic step, so nothing is lost and nothing is applied twice to
+//!   the same state. A state machine with its own store reports the index its store reflects
+//!   ([`StateMachine::persisted_index`]); it is restored from the snapshot only if older than
+//!   it, and receives only the entries after its own index. The log always keeps every entry
+//!   after the latest snapshot, so whatever suffix such a store lost in a crash is re-applied.
 //! - A read is linearizable unless the caller explicitly asks for [`RaftNode::read_local`].
 //! - A snapshot's metadata carries the ConfState at its index; installing one is one atomic
 //!   write (data file first, then one sled batch switching metadata, log and hard state).
 //!
 //! ## Deliberately left out
-//! - State machines that persist their own state (the state lives in memory and is made durable
-//!   by the log plus snapshots). Snapshots are produced synchronously on the driver thread.
+//! - Incremental snapshots: a snapshot is the state machine's whole state, produced
+//!   synchronously on the driver thread (a pause for a large state).
 //! - Several groups per process sharing one storage; each member has its own data directory.
 //! - Metric export and health endpoints: the servers do that (`quorumkv-admin`).
 

@@ -198,6 +198,8 @@ impl Store {
         let db = sled::Config::new()
             .path(dir)
             .cache_capacity(CACHE_BYTES)
+            .mode(sled::Mode::HighThroughput)
+            .flush_every_ms(None)
             .open()
             .map_err(|e| StoreError(format!("{}: {e}", dir.display())))?;
         Self::with_db(db)
