@@ -7,136 +7,46 @@
 
 mod support;
 
-use std::collections::BTreeMap;
-use std::path::PathBuf;
-use std::process::{Command, Output, Stdio};
+use std::process::Output;
 use std::time::{Duration, Instant};
 
-use support::{free_port, ok, one_line_error, wait_for, Servers};
+use support::{ok, one_line_error, wait_for, NodeId, ProcCluster, CTRL_CLIENT, KV_CLIENT};
 
-const CTRL_SERVER: &str = env!("CARGO_BIN_EXE_shardctrler-server");
-const CTRL_CLIENT: &str = env!("CARGO_BIN_EXE_shardctrler-client");
-const KV_SERVER: &str = env!("CARGO_BIN_EXE_shardkv-server");
-const KV_CLIENT: &str = env!("CARGO_BIN_EXE_shardkv-client");
 /// Bound of every wait for the cluster to reach a state.
 const WAIT: Duration = Duration::from_secs(30);
 
-/// The processes and files: the controller is group 0, the replica group is group 1.
-struct Cluster {
-    dir: tempfile::TempDir,
-    /// (gid, id) → port.
-    ports: BTreeMap<(u64, u64), u16>,
-    /// (gid, id) → index in `procs`.
-    slots: BTreeMap<(u64, u64), usize>,
-    procs: Servers,
-}
+/// The processes: the controller is group 0, the replica group is group 1 (members 1-3, and 4
+/// to be added).
+struct Cluster(ProcCluster);
 
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        if !std::thread::panicking() {
-            return;
-        }
-        for n in self.ports.keys() {
-            let log = std::fs::read_to_string(self.log(*n)).unwrap_or_default();
-            let tail: Vec<&str> = log.lines().rev().take(15).collect();
-            eprintln!("--- {n:?} (last lines of its log) ---");
-            for l in tail.iter().rev() {
-                eprintln!("{l}");
-            }
-        }
+impl std::ops::Deref for Cluster {
+    type Target = ProcCluster;
+    fn deref(&self) -> &ProcCluster {
+        &self.0
     }
 }
 
 impl Cluster {
     fn new() -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        support::write_certs(dir.path());
-        let mut ports = BTreeMap::new();
-        for n in [(0, 1), (0, 2), (0, 3), (1, 1), (1, 2), (1, 3), (1, 4)] {
-            ports.insert(n, free_port());
-        }
-        Cluster {
-            dir,
-            ports,
-            slots: BTreeMap::new(),
-            procs: Servers::default(),
-        }
-    }
-
-    fn log(&self, (gid, id): (u64, u64)) -> PathBuf {
-        self.dir.path().join(format!("g{gid}-{id}.log"))
-    }
-
-    fn addr(&self, n: (u64, u64)) -> String {
-        format!("127.0.0.1:{}", self.ports[&n])
-    }
-
-    /// `host:port,...` of members `ids` of `gid`.
-    fn addrs(&self, gid: u64, ids: &[u64]) -> Vec<String> {
-        ids.iter().map(|id| self.addr((gid, *id))).collect()
-    }
-
-    /// `id=host:port,...` of members `ids` of `gid`.
-    fn cluster(&self, gid: u64, ids: &[u64]) -> String {
-        ids.iter()
-            .map(|id| format!("{id}={}", self.addr((gid, *id))))
-            .collect::<Vec<_>>()
-            .join(",")
+        let nodes = [(0, 1), (0, 2), (0, 3), (1, 1), (1, 2), (1, 3), (1, 4)];
+        Cluster(ProcCluster::new(&nodes, 8, "info"))
     }
 
     /// Starts member `id` of `gid`; `join` starts it empty, to be added to a running group.
-    fn start(&mut self, (gid, id): (u64, u64), join: bool) {
-        let mut cmd = Command::new(if gid == 0 { CTRL_SERVER } else { KV_SERVER });
-        if gid == 0 {
-            cmd.args(["--shards", "8"]);
-        } else {
-            cmd.args(["--gid", &gid.to_string()]);
-            cmd.args(["--ctrlers", &self.addrs(0, &[1, 2, 3]).join(",")]);
-        }
+    fn start(&mut self, n: NodeId, join: bool) {
         let members: &[u64] = if join { &[1, 2, 3, 4] } else { &[1, 2, 3] };
-        if join {
-            cmd.arg("--join");
-        }
-        let log = std::fs::File::create(self.log((gid, id))).unwrap();
-        let child = cmd
-            .args([
-                "--id",
-                &id.to_string(),
-                "--cluster",
-                &self.cluster(gid, members),
-            ])
-            .args(["--listen", &self.addr((gid, id)), "--log-level", "info"])
-            .arg("--data-dir")
-            .arg(self.dir.path().join(format!("data-g{gid}-{id}")))
-            .args(support::tls_args(self.dir.path()))
-            .env_remove("QKV_CONFIG")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("start server");
-        self.slots.insert((gid, id), self.procs.children.len());
-        self.procs.children.push(Some(child));
+        self.0.start(n, members, join);
     }
 
     /// Stops a member's process (after it was removed from its group).
-    fn stop(&mut self, n: (u64, u64)) {
-        let mut child = self.procs.children[self.slots[&n]].take().unwrap();
-        child.kill().unwrap();
-        child.wait().unwrap();
+    fn stop(&mut self, n: NodeId) {
+        self.0.kill(n);
     }
 
     fn run(&self, bin: &str, args: &[&str]) -> Output {
-        Command::new(bin)
-            .arg("--ctrlers")
-            .arg(self.addrs(0, &[1, 2, 3]).join(","))
-            .args(support::tls_args(self.dir.path()))
-            .args(["--timeout", "30"])
-            .args(args)
-            .env_remove("QKV_JSON")
-            .env_remove("QKV_TIMEOUT")
-            .output()
-            .expect("run client")
+        let mut all = vec!["--timeout", "30"];
+        all.extend_from_slice(args);
+        self.0.run(bin, &all)
     }
 
     fn kv(&self, args: &[&str]) -> Output {

@@ -6,138 +6,56 @@
 
 mod support;
 
-use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::path::Path;
+use std::process::{Command, Output};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use quorumkv_common::TlsFiles;
 use quorumkv_shardkv_client::{KvClient, KvError};
-use support::{free_port, ok, one_line_error, wait_for, Servers};
+use support::{
+    ok, one_line_error, wait_for, NodeId, ProcCluster, CTRL_CLIENT, KV_CLIENT, KV_SERVER,
+};
 
-const CTRL_SERVER: &str = env!("CARGO_BIN_EXE_shardctrler-server");
-const CTRL_CLIENT: &str = env!("CARGO_BIN_EXE_shardctrler-client");
-const KV_SERVER: &str = env!("CARGO_BIN_EXE_shardkv-server");
-const KV_CLIENT: &str = env!("CARGO_BIN_EXE_shardkv-client");
 const SHARDS: usize = 16;
 const GIDS: [u64; 2] = [1, 2];
 /// Bound of every wait for the cluster to reach a state.
 const WAIT: Duration = Duration::from_secs(20);
 
-/// A node: the controller is group 0.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-struct Node {
-    gid: u64,
-    id: u64,
-}
+/// The controller (group 0) and groups 1 and 2, three members each.
+struct Cluster(ProcCluster);
 
-/// The cluster's processes and files. Dropping it kills every process; when a test fails, the
-/// tail of every node's log is printed first.
-struct Cluster {
-    dir: tempfile::TempDir,
-    ports: BTreeMap<Node, u16>,
-    slots: BTreeMap<Node, usize>,
-    procs: Servers,
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        if !std::thread::panicking() {
-            return;
-        }
-        for node in self.ports.keys() {
-            let log = std::fs::read_to_string(self.log(*node)).unwrap_or_default();
-            let tail: Vec<&str> = log.lines().rev().take(15).collect();
-            eprintln!("--- {node:?} (last lines of its log) ---");
-            for l in tail.iter().rev() {
-                eprintln!("{l}");
-            }
-        }
+impl std::ops::Deref for Cluster {
+    type Target = ProcCluster;
+    fn deref(&self) -> &ProcCluster {
+        &self.0
     }
 }
 
 impl Cluster {
     fn new() -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        support::write_certs(dir.path());
-        let mut ports = BTreeMap::new();
+        let mut nodes = Vec::new();
         for gid in std::iter::once(0).chain(GIDS) {
             for id in 1..=3 {
-                ports.insert(Node { gid, id }, free_port());
+                nodes.push((gid, id));
             }
         }
-        Cluster {
-            dir,
-            ports,
-            slots: BTreeMap::new(),
-            procs: Servers::default(),
-        }
+        Cluster(ProcCluster::new(&nodes, SHARDS, "warn"))
     }
 
-    fn log(&self, n: Node) -> PathBuf {
-        self.dir.path().join(format!("g{}-{}.log", n.gid, n.id))
-    }
-
-    fn addr(&self, n: Node) -> String {
-        format!("127.0.0.1:{}", self.ports[&n])
-    }
-
+    /// `host:port,...` of `gid`'s members.
     fn addrs(&self, gid: u64) -> String {
-        (1..=3)
-            .map(|id| self.addr(Node { gid, id }))
-            .collect::<Vec<_>>()
-            .join(",")
-    }
-
-    fn cluster(&self, gid: u64) -> String {
-        (1..=3)
-            .map(|id| format!("{id}={}", self.addr(Node { gid, id })))
-            .collect::<Vec<_>>()
-            .join(",")
+        self.0.addrs(gid, &[1, 2, 3]).join(",")
     }
 
     /// Starts (or restarts, on the same port and data directory) one node.
-    fn start(&mut self, n: Node) {
-        let mut cmd = Command::new(if n.gid == 0 { CTRL_SERVER } else { KV_SERVER });
-        if n.gid != 0 {
-            cmd.args(["--gid", &n.gid.to_string(), "--ctrlers", &self.addrs(0)]);
-        } else {
-            cmd.args(["--shards", &SHARDS.to_string()]);
-        }
-        let data = self.dir.path().join(format!("data-g{}-{}", n.gid, n.id));
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.log(n))
-            .unwrap();
-        let child = cmd
-            .args(["--id", &n.id.to_string(), "--cluster", &self.cluster(n.gid)])
-            .args(["--listen", &self.addr(n), "--log-level", "warn"])
-            .arg("--data-dir")
-            .arg(&data)
-            .args(support::tls_args(self.dir.path()))
-            .env_remove("QKV_CONFIG")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("start server");
-        match self.slots.get(&n) {
-            Some(&slot) => self.procs.children[slot] = Some(child),
-            None => {
-                self.slots.insert(n, self.procs.children.len());
-                self.procs.children.push(Some(child));
-            }
-        }
+    fn start(&mut self, n: NodeId) {
+        self.0.start(n, &[1, 2, 3], false);
     }
 
-    /// SIGKILL, no chance to flush or say goodbye.
-    fn kill(&mut self, n: Node) {
-        let mut child: Child = self.procs.children[self.slots[&n]].take().unwrap();
-        child.kill().unwrap();
-        child.wait().unwrap();
+    fn kill(&mut self, n: NodeId) {
+        self.0.kill(n);
     }
 
     fn tls_files(&self) -> TlsFiles {
@@ -146,18 +64,6 @@ impl Cluster {
             cert: support::cert(self.dir.path(), "node.pem"),
             key: support::cert(self.dir.path(), "node-key.pem"),
         }
-    }
-
-    fn run(&self, bin: &str, args: &[&str]) -> Output {
-        Command::new(bin)
-            .arg("--ctrlers")
-            .arg(self.addrs(0))
-            .args(support::tls_args(self.dir.path()))
-            .args(args)
-            .env_remove("QKV_JSON")
-            .env_remove("QKV_TIMEOUT")
-            .output()
-            .expect("run client")
     }
 
     fn kv(&self, args: &[&str]) -> Output {
@@ -185,7 +91,7 @@ fn cli_and_library_clients_lose_no_acknowledged_write_when_a_leader_is_killed() 
     let started = Instant::now();
     quorumkv_common::tls::install_crypto_provider();
     let mut c = Cluster::new();
-    let nodes: Vec<Node> = c.ports.keys().copied().collect();
+    let nodes = c.nodes();
     for n in nodes {
         c.start(n);
     }
@@ -326,7 +232,7 @@ fn cli_and_library_clients_lose_no_acknowledged_write_when_a_leader_is_killed() 
             .clone();
         (m["role"] == "leader").then_some(id)
     });
-    let victim = Node { gid: 1, id: leader };
+    let victim = (1, leader);
     c.kill(victim);
     let at_kill = acked_group1.load(Ordering::Relaxed);
     acks_reach(

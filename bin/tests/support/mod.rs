@@ -143,3 +143,146 @@ pub fn wait_for<T>(what: &str, within: Duration, mut f: impl FnMut() -> Option<T
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// A node of a process cluster: (group id, member id); the controller is group 0.
+pub type NodeId = (u64, u64);
+
+pub const CTRL_SERVER: &str = env!("CARGO_BIN_EXE_shardctrler-server");
+pub const CTRL_CLIENT: &str = env!("CARGO_BIN_EXE_shardctrler-client");
+pub const KV_SERVER: &str = env!("CARGO_BIN_EXE_shardkv-server");
+pub const KV_CLIENT: &str = env!("CARGO_BIN_EXE_shardkv-client");
+
+/// Real server processes on loopback over mutual TLS: a controller (group 0) and replica
+/// groups, with their certificates, ports, data directories and logs in one temporary
+/// directory. Dropping it kills every process; when a test fails, the tail of every node's log
+/// is printed first.
+pub struct ProcCluster {
+    pub dir: tempfile::TempDir,
+    ports: std::collections::BTreeMap<NodeId, u16>,
+    slots: std::collections::BTreeMap<NodeId, usize>,
+    procs: Servers,
+    shards: usize,
+    log_level: &'static str,
+}
+
+impl Drop for ProcCluster {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            return;
+        }
+        for n in self.ports.keys() {
+            let log = std::fs::read_to_string(self.log(*n)).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(15).collect();
+            eprintln!("--- {n:?} (last lines of its log) ---");
+            for l in tail.iter().rev() {
+                eprintln!("{l}");
+            }
+        }
+    }
+}
+
+impl ProcCluster {
+    /// Reserves a port for each of `nodes`; the controller is created with `shards` shards.
+    pub fn new(nodes: &[NodeId], shards: usize, log_level: &'static str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        write_certs(dir.path());
+        ProcCluster {
+            dir,
+            ports: nodes.iter().map(|n| (*n, free_port())).collect(),
+            slots: Default::default(),
+            procs: Servers::default(),
+            shards,
+            log_level,
+        }
+    }
+
+    pub fn nodes(&self) -> Vec<NodeId> {
+        self.ports.keys().copied().collect()
+    }
+
+    pub fn log(&self, (gid, id): NodeId) -> PathBuf {
+        self.dir.path().join(format!("g{gid}-{id}.log"))
+    }
+
+    pub fn addr(&self, n: NodeId) -> String {
+        format!("127.0.0.1:{}", self.ports[&n])
+    }
+
+    /// `host:port` of members `ids` of `gid`.
+    pub fn addrs(&self, gid: u64, ids: &[u64]) -> Vec<String> {
+        ids.iter().map(|id| self.addr((gid, *id))).collect()
+    }
+
+    /// `id=host:port,...` of members `ids` of `gid`.
+    pub fn cluster(&self, gid: u64, ids: &[u64]) -> String {
+        ids.iter()
+            .map(|id| format!("{id}={}", self.addr((gid, *id))))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// Starts (or restarts, on the same port and data directory) node `n` in a group of
+    /// `members`; with `join`, as a new member that waits to be added.
+    pub fn start(&mut self, n: NodeId, members: &[u64], join: bool) {
+        let (gid, id) = n;
+        let mut cmd = std::process::Command::new(if gid == 0 { CTRL_SERVER } else { KV_SERVER });
+        if gid == 0 {
+            cmd.args(["--shards", &self.shards.to_string()]);
+        } else {
+            cmd.args(["--gid", &gid.to_string()]);
+            cmd.args(["--ctrlers", &self.addrs(0, &[1, 2, 3]).join(",")]);
+        }
+        if join {
+            cmd.arg("--join");
+        }
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log(n))
+            .unwrap();
+        let child = cmd
+            .args([
+                "--id",
+                &id.to_string(),
+                "--cluster",
+                &self.cluster(gid, members),
+            ])
+            .args(["--listen", &self.addr(n), "--log-level", self.log_level])
+            .arg("--data-dir")
+            .arg(self.dir.path().join(format!("data-g{gid}-{id}")))
+            .args(tls_args(self.dir.path()))
+            .env_remove("QKV_CONFIG")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start server");
+        match self.slots.get(&n) {
+            Some(&slot) => self.procs.children[slot] = Some(child),
+            None => {
+                self.slots.insert(n, self.procs.children.len());
+                self.procs.children.push(Some(child));
+            }
+        }
+    }
+
+    /// SIGKILL, no chance to flush or say goodbye.
+    pub fn kill(&mut self, n: NodeId) {
+        let mut child = self.procs.children[self.slots[&n]].take().unwrap();
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+
+    /// Runs a client binary against the controller, with the cluster's certificates.
+    pub fn run(&self, bin: &str, args: &[&str]) -> Output {
+        std::process::Command::new(bin)
+            .arg("--ctrlers")
+            .arg(self.addrs(0, &[1, 2, 3]).join(","))
+            .args(tls_args(self.dir.path()))
+            .args(args)
+            .env_remove("QKV_JSON")
+            .env_remove("QKV_TIMEOUT")
+            .output()
+            .expect("run client")
+    }
+}
