@@ -89,6 +89,54 @@ impl TlsArgs {
     }
 }
 
+/// The flags both clients share: where the controller is, TLS, output format and deadline.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ClientArgs {
+    /// Shard controller members, `host:port,...` (any of them; the leader is found and
+    /// followed, and the key/value client learns from it which group serves each key).
+    #[arg(
+        long,
+        env = "QKV_CTRLERS",
+        value_delimiter = ',',
+        required = true,
+        value_name = "HOST:PORT,..."
+    )]
+    pub ctrlers: Vec<String>,
+
+    #[command(flatten)]
+    pub tls: TlsArgs,
+
+    /// Print JSON instead of text (for scripts).
+    #[arg(long, env = "QKV_JSON", global = true)]
+    pub json: bool,
+
+    /// Give up on a request after this many seconds, retries included. A change that timed
+    /// out may still be applied: read (or query) to find out. In `bench`, the deadline of
+    /// every operation.
+    #[arg(
+        long,
+        env = "QKV_TIMEOUT",
+        default_value_t = 10.0,
+        value_name = "SECS",
+        global = true
+    )]
+    pub timeout: f64,
+}
+
+impl ClientArgs {
+    /// The deadline of a request, or why `--timeout` is wrong.
+    pub fn deadline(&self) -> Result<std::time::Duration, String> {
+        if self.timeout.is_finite() && self.timeout > 0.0 {
+            Ok(std::time::Duration::from_secs_f64(self.timeout))
+        } else {
+            Err(format!(
+                "--timeout {} must be a positive number of seconds",
+                self.timeout
+            ))
+        }
+    }
+}
+
 /// Parses an `ip:port` flag value, naming the flag when it is not one.
 pub fn parse_socket(s: &str, flag: &str) -> anyhow::Result<SocketAddr> {
     s.parse()

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use clap::{CommandFactory, Parser, Subcommand};
 use quorumkv_bin::member::{self, AdminCall, MemberCmd};
-use quorumkv_bin::TlsArgs;
+use quorumkv_bin::ClientArgs;
 use quorumkv_common::{HostPort, TlsMaterial};
 use quorumkv_proto::raft as pb;
 use quorumkv_shardctrler_client::{Config, CtrlerClient, UNASSIGNED};
@@ -38,27 +38,8 @@ cannot be reached (the reason is printed on one line).";
 #[derive(Debug, Parser)]
 #[command(name = "shardctrler-client", version, after_help = EXAMPLES)]
 struct Cli {
-    /// Controller members, `host:port,...` (any of them; the leader is found and followed).
-    #[arg(
-        long,
-        env = "QKV_CTRLERS",
-        value_delimiter = ',',
-        required = true,
-        value_name = "HOST:PORT,..."
-    )]
-    ctrlers: Vec<String>,
-
     #[command(flatten)]
-    tls: TlsArgs,
-
-    /// Print JSON instead of text (for scripts).
-    #[arg(long, env = "QKV_JSON")]
-    json: bool,
-
-    /// Give up after this many seconds, retries included. A change that timed out may still
-    /// be applied: query to find out.
-    #[arg(long, env = "QKV_TIMEOUT", default_value_t = 10.0, value_name = "SECS")]
-    timeout: f64,
+    common: ClientArgs,
 
     #[command(subcommand)]
     cmd: Cmd,
@@ -252,19 +233,20 @@ async fn run(cli: Cli, client: CtrlerClient, tls: TlsMaterial) -> Result<(), Str
         Cmd::Join { groups } => {
             let groups: BTreeMap<u64, Vec<String>> =
                 groups.into_iter().map(|g| (g.gid, g.servers)).collect();
-            print_num(client.join(groups).await.map_err(e)?, cli.json);
+            print_num(client.join(groups).await.map_err(e)?, cli.common.json);
         }
-        Cmd::Leave { gids } => print_num(client.leave(gids).await.map_err(e)?, cli.json),
-        Cmd::Move { shard, gid } => {
-            print_num(client.move_shard(shard, gid).await.map_err(e)?, cli.json)
-        }
-        Cmd::Query { num } => print_config(&client.query(num).await.map_err(e)?, cli.json),
+        Cmd::Leave { gids } => print_num(client.leave(gids).await.map_err(e)?, cli.common.json),
+        Cmd::Move { shard, gid } => print_num(
+            client.move_shard(shard, gid).await.map_err(e)?,
+            cli.common.json,
+        ),
+        Cmd::Query { num } => print_config(&client.query(num).await.map_err(e)?, cli.common.json),
         Cmd::SetServers { group } => print_num(
             client
                 .set_servers(group.gid, group.servers)
                 .await
                 .map_err(e)?,
-            cli.json,
+            cli.common.json,
         ),
         Cmd::Member(cmd) => {
             let client = &client;
@@ -274,7 +256,7 @@ async fn run(cli: Cli, client: CtrlerClient, tls: TlsMaterial) -> Result<(), Str
                     .await
                     .map_err(e)
             };
-            let timeout = Duration::from_secs_f64(cli.timeout);
+            let timeout = cli.common.deadline()?;
             let probe = |addr: String| {
                 let tls = tls.clone();
                 async move {
@@ -290,7 +272,7 @@ async fn run(cli: Cli, client: CtrlerClient, tls: TlsMaterial) -> Result<(), Str
             };
             let outcome = member::run(
                 cmd,
-                cli.json,
+                cli.common.json,
                 "controller group",
                 CONTROLLER_GROUP_ID,
                 "shardctrler-server --join --id ID --cluster <current members and ID=HOST:PORT> ...",
@@ -322,22 +304,17 @@ fn main() -> ExitCode {
             usage(format!("join: group {} is given twice", g.gid));
         }
     }
-    if !(cli.timeout.is_finite() && cli.timeout > 0.0) {
-        usage(format!(
-            "--timeout {} must be a positive number of seconds",
-            cli.timeout
-        ));
-    }
+    let timeout = cli.common.deadline().unwrap_or_else(|msg| usage(msg));
     let fail = |msg: String| {
         eprintln!("shardctrler-client: error: {}", msg.replace('\n', " "));
         ExitCode::FAILURE
     };
-    let tls = match cli.tls.load() {
+    let tls = match cli.common.tls.load() {
         Ok(t) => t,
         Err(err) => return fail(format!("TLS files: {err:#}")),
     };
-    let client = match CtrlerClient::connect(cli.ctrlers.clone(), tls.clone()) {
-        Ok(c) => c.with_timeout(Duration::from_secs_f64(cli.timeout)),
+    let client = match CtrlerClient::connect(cli.common.ctrlers.clone(), tls.clone()) {
+        Ok(c) => c.with_timeout(timeout),
         Err(err) => usage(format!("--ctrlers: {err}")),
     };
     let runtime = match tokio::runtime::Builder::new_current_thread()

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use clap::{CommandFactory, Parser, Subcommand};
 use quorumkv_bin::member::{self, AdminCall, MemberCmd};
-use quorumkv_bin::TlsArgs;
+use quorumkv_bin::ClientArgs;
 use quorumkv_shardkv_client::{GroupCaller, KvClient, MAX_KEY_BYTES, MAX_VALUE_BYTES};
 
 const EXAMPLES: &str = "\
@@ -41,34 +41,8 @@ operation successfully.";
 #[derive(Debug, Parser)]
 #[command(name = "shardkv-client", version, after_help = EXAMPLES)]
 struct Cli {
-    /// Shard controller members, `host:port,...` (any of them; the client learns from the
-    /// controller which group serves each key).
-    #[arg(
-        long,
-        env = "QKV_CTRLERS",
-        value_delimiter = ',',
-        required = true,
-        value_name = "HOST:PORT,..."
-    )]
-    ctrlers: Vec<String>,
-
     #[command(flatten)]
-    tls: TlsArgs,
-
-    /// Print JSON instead of text (for scripts).
-    #[arg(long, env = "QKV_JSON", global = true)]
-    json: bool,
-
-    /// Give up on a request after this many seconds, retries included. A write that timed out
-    /// may still be applied: read to find out. In `bench`, the deadline of every operation.
-    #[arg(
-        long,
-        env = "QKV_TIMEOUT",
-        default_value_t = 10.0,
-        value_name = "SECS",
-        global = true
-    )]
-    timeout: f64,
+    common: ClientArgs,
 
     /// Keys and values on the command line are hex (`00ff`), and `get` prints values as hex:
     /// for binary data. Otherwise they are taken and printed as given (UTF-8).
@@ -245,12 +219,7 @@ fn main() -> ExitCode {
             .error(clap::error::ErrorKind::ValueValidation, msg)
             .exit()
     };
-    if !(cli.timeout.is_finite() && cli.timeout > 0.0) {
-        usage(format!(
-            "--timeout {} must be a positive number of seconds",
-            cli.timeout
-        ));
-    }
+    let timeout = cli.common.deadline().unwrap_or_else(|msg| usage(msg));
     let request = Request::parse(&cli.cmd, cli.hex).unwrap_or_else(|msg| usage(msg));
     let bench = match &cli.cmd {
         Cmd::Bench(args) => Some(args.validate().unwrap_or_else(|msg| usage(msg))),
@@ -260,12 +229,11 @@ fn main() -> ExitCode {
         eprintln!("shardkv-client: error: {}", msg.replace('\n', " "));
         ExitCode::FAILURE
     };
-    let tls = match cli.tls.load() {
+    let tls = match cli.common.tls.load() {
         Ok(t) => t,
         Err(err) => return fail(format!("TLS files: {err:#}")),
     };
-    let timeout = Duration::from_secs_f64(cli.timeout);
-    let client = match KvClient::connect(cli.ctrlers.clone(), tls.clone()) {
+    let client = match KvClient::connect(cli.common.ctrlers.clone(), tls.clone()) {
         Ok(c) => c.with_timeout(timeout),
         Err(err) => usage(format!("--ctrlers: {err}")),
     };
@@ -285,11 +253,11 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         if let Some(req) = request {
-            return run_request(req, client, cli.json, cli.hex).await;
+            return run_request(req, client, cli.common.json, cli.hex).await;
         }
         if let Some(plan) = bench {
             let report = bench::run(plan, client, timeout).await;
-            emit(&report.render(cli.json));
+            emit(&report.render(cli.common.json));
             return if report.succeeded() == 0 {
                 Err(Failure::Error(
                     "bench: no operation succeeded (the report lists the errors)".into(),
@@ -299,15 +267,22 @@ fn main() -> ExitCode {
             };
         }
         if let Cmd::Member { gid, cmd } = cli.cmd {
-            let output = run_member(&client, GroupCaller::new(tls), gid, cmd, cli.json, timeout)
-                .await
-                .map_err(Failure::Error)?;
+            let output = run_member(
+                &client,
+                GroupCaller::new(tls),
+                gid,
+                cmd,
+                cli.common.json,
+                timeout,
+            )
+            .await
+            .map_err(Failure::Error)?;
             emit(&output);
             return Ok(());
         }
         let groups = client.status().await?;
         let view = status::summarize(client.cached_config().num, groups);
-        emit(&status::render(&view, cli.json));
+        emit(&status::render(&view, cli.common.json));
         Ok(())
     });
     // Do not wait for connections or abandoned bench operations to wind down.
