@@ -83,8 +83,9 @@ struct Args {
     #[arg(long, env = "QKV_ADMIN_LISTEN", value_name = "IP:PORT")]
     admin_listen: Option<String>,
 
-    /// Directory of this member's durable state (Raft log and snapshots, which hold the
-    /// group's shards). Created if missing; never share it between members.
+    /// Directory of this member's durable state: the Raft log (`sled/`), snapshots
+    /// (`snapshots/`) and the shards' keys and values (`kv/`). Created if missing; never share
+    /// it between members, and move or back it up as a whole.
     #[arg(long, env = "QKV_DATA_DIR", value_name = "DIR")]
     data_dir: PathBuf,
 
