@@ -12,6 +12,22 @@ pub mod member;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// Turns transparent huge pages off for this process (Linux; elsewhere a no-op). mimalloc
+/// advises the kernel to back its arenas with 2 MiB pages, and sled allocates a fresh
+/// segment-sized IO buffer for every flush, so each Raft persist faulted in (and zeroed) a whole
+/// 2 MiB page: 7% of the Raft threads' time under load. Measured with `shardkv-client bench`,
+/// 256 clients, puts, five alternating runs each: median 10.3k/s with THP, 11.9k/s without.
+pub fn disable_transparent_huge_pages() {
+    #[cfg(target_os = "linux")]
+    {
+        // SAFETY: PR_SET_THP_DISABLE takes plain integer arguments and touches no memory of
+        // ours; it only sets a flag on this process's address space.
+        // Best effort: without it the servers only run slower. It runs before logging is set
+        // up, so a failure (an old kernel) is not reported.
+        let _ = unsafe { libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0) };
+    }
+}
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 

@@ -184,6 +184,7 @@ fn main() -> ExitCode {
     if let Some(code) = run_probe_if_asked("shardkv-server") {
         return code;
     }
+    quorumkv_bin::disable_transparent_huge_pages();
     let result = parse_args_with_config::<Args>().and_then(|args| {
         let cfg = ServerConfig::validate(&args)?;
         args.log.init()?;

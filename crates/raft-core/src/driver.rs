@@ -637,6 +637,10 @@ impl<S: StateMachine> Driver<S> {
             self.applied = e.index;
             self.applied_term = e.term;
         }
+        if let Some(mut sm) = sm {
+            sm.end_of_batch()
+                .map_err(|err| RaftError::Storage(format!("storing applied entries: {err}")))?;
+        }
         Ok(())
     }
 

@@ -48,6 +48,13 @@ pub trait StateMachine: Send + Sync + 'static {
     /// store failed; the node then stops (or refuses to start).
     fn restore(&mut self, index: u64, snapshot: &[u8]) -> Result<(), String>;
 
+    /// Called after each run of `apply` calls, before any read is served, snapshot taken or
+    /// reply sent for them: a state machine with its own store writes the run's effects here
+    /// (one write per run instead of one per command). An error stops the member.
+    fn end_of_batch(&mut self) -> Result<(), String> {
+        Ok(())
+    }
+
     /// The index of the last command whose effects are in the state machine's own store, read
     /// once when the member starts. 0, the default, for a state machine kept in memory.
     fn persisted_index(&self) -> u64 {

@@ -103,6 +103,10 @@ pub struct ShardKvState {
     shards: BTreeMap<u64, Shard>,
     progress: Progress,
     store: Store,
+    /// Effects of the commands applied since the last [`ShardKvState::flush_applied`].
+    pending: WriteBatch,
+    /// The applied index the store holds.
+    stored: u64,
 }
 
 impl std::fmt::Debug for ShardKvState {
@@ -181,6 +185,8 @@ impl ShardKvState {
             shards: loaded.shards,
             progress: loaded.progress,
             store,
+            pending: WriteBatch::default(),
+            stored: loaded.progress.applied,
         };
         if let Some(meta) = loaded.meta {
             if meta.gid != gid {
@@ -269,40 +275,47 @@ impl ShardKvState {
         Ok(Ok(self.store.get(shard, key)?))
     }
 
-    /// Applies one encoded command at log index `index`, storing its effects and the index in
-    /// one atomic batch.
+    /// Applies one encoded command at log index `index`. Its effects reach the store with the
+    /// next [`ShardKvState::flush_applied`].
     pub fn apply_bytes(&mut self, index: u64, bytes: &[u8]) -> Result<Outcome, StoreError> {
         match pb::Command::decode(bytes) {
             Ok(pb::Command { cmd: Some(cmd) }) => self.apply(index, cmd),
             _ => {
-                self.store
-                    .commit(WriteBatch::default(), self.progressed(index))?;
                 self.progress.applied = index;
                 Ok(Err(Refusal::Invalid("undecodable command".into())))
             }
         }
     }
 
-    fn progressed(&self, index: u64) -> Progress {
-        Progress {
-            applied: index,
-            ..self.progress
-        }
+    /// Applies one command at log index `index`. Its effects are visible to the commands
+    /// applied after it at once, and reach the store with the next
+    /// [`ShardKvState::flush_applied`].
+    pub fn apply(&mut self, index: u64, cmd: pb::command::Cmd) -> Result<Outcome, StoreError> {
+        let mut batch = std::mem::take(&mut self.pending);
+        let outcome = match cmd {
+            pb::command::Cmd::Write(w) => self.apply_write(&mut batch, w),
+            pb::command::Cmd::NextConfig(c) => {
+                self.apply_next_config(&mut batch, config_from_pb(c))
+            }
+            pb::command::Cmd::InsertChunk(c) => self.apply_insert_chunk(&mut batch, c),
+            pb::command::Cmd::ShardDone(d) => self.apply_shard_done(&mut batch, d),
+        };
+        self.pending = batch;
+        self.progress.applied = index;
+        outcome
     }
 
-    pub fn apply(&mut self, index: u64, cmd: pb::command::Cmd) -> Result<Outcome, StoreError> {
-        let mut batch = WriteBatch::default();
-        let outcome = match cmd {
-            pb::command::Cmd::Write(w) => self.apply_write(&mut batch, w)?,
-            pb::command::Cmd::NextConfig(c) => {
-                self.apply_next_config(&mut batch, config_from_pb(c))?
-            }
-            pb::command::Cmd::InsertChunk(c) => self.apply_insert_chunk(&mut batch, c)?,
-            pb::command::Cmd::ShardDone(d) => self.apply_shard_done(&mut batch, d)?,
-        };
-        self.progress.applied = index;
-        self.store.commit(batch, self.progress)?;
-        Ok(outcome)
+    /// Writes the effects of the commands applied since the last call, and their index, to
+    /// the store as one unit. The raft core calls it after every run of applies, before any
+    /// read is served or snapshot taken.
+    pub fn flush_applied(&mut self) -> Result<(), StoreError> {
+        if self.pending.is_empty() && self.stored == self.progress.applied {
+            return Ok(());
+        }
+        self.store
+            .commit(std::mem::take(&mut self.pending), self.progress)?;
+        self.stored = self.progress.applied;
+        Ok(())
     }
 
     fn apply_write(
@@ -328,12 +341,12 @@ impl ShardKvState {
         let op = pb::WriteOp::try_from(w.op).unwrap_or(pb::WriteOp::Put);
         let (old_len, new_len) = match op {
             pb::WriteOp::Put => {
-                let old = self.store.value_len(shard_id, &w.key)?;
+                let old = self.store.value_len_through(batch, shard_id, &w.key)?;
                 batch.put_value(shard_id, &w.key, &w.value);
                 (old, Some(w.value.len()))
             }
             pb::WriteOp::Append => {
-                let old = self.store.get(shard_id, &w.key)?;
+                let old = self.store.get_through(batch, shard_id, &w.key)?;
                 let old_len = old.as_ref().map(|o| o.len());
                 let old = old.unwrap_or_default();
                 if old.len() + w.value.len() > MAX_VALUE_BYTES {
@@ -348,7 +361,7 @@ impl ShardKvState {
                 (old_len, Some(v.len()))
             }
             pb::WriteOp::Delete => {
-                let old = self.store.value_len(shard_id, &w.key)?;
+                let old = self.store.value_len_through(batch, shard_id, &w.key)?;
                 if old.is_some() {
                     batch.remove_value(shard_id, &w.key);
                 }
@@ -426,7 +439,7 @@ impl ShardKvState {
             } else if before == self.gid && after != self.gid {
                 if after == 0 {
                     // No group owns it any more (the last group left): nobody will pull it.
-                    self.store.remove_shard(batch, shard)?;
+                    batch.remove_shard(shard);
                     self.shards.remove(&shard);
                 } else if let Some(s) = self.shards.get_mut(&shard) {
                     s.state = ShardState::HandingOff { to: after };
@@ -468,7 +481,7 @@ impl ShardKvState {
         let mut last = cursor.clone();
         for kv in c.entries {
             // Keys arrive in increasing order after the cursor: each one is new here.
-            let old = self.store.value_len(c.shard, &kv.key)?;
+            let old = self.store.value_len_through(batch, c.shard, &kv.key)?;
             shard.account(kv.key.len(), old, Some(kv.value.len()));
             batch.put_value(c.shard, &kv.key, &kv.value);
             last = Some(kv.key);
@@ -502,7 +515,7 @@ impl ShardKvState {
         }
         match self.shards.get_mut(&d.shard) {
             Some(s) if matches!(s.state, ShardState::HandingOff { .. }) => {
-                self.store.remove_shard(batch, d.shard)?;
+                batch.remove_shard(d.shard);
                 self.shards.remove(&d.shard);
             }
             Some(s) if matches!(s.state, ShardState::Collecting { .. }) => {
@@ -648,6 +661,7 @@ impl ShardKvState {
         }
         // The old contents go first (progress record included): a crash from here until the
         // final commit leaves a store that is restored again on restart.
+        self.pending = WriteBatch::default();
         self.store.clear().map_err(|e| e.to_string())?;
         for (s, state) in shard_snaps.into_iter().zip(states) {
             let mut shard = Shard::new(state);
@@ -657,9 +671,7 @@ impl ShardKvState {
                     shard.account(kv.key.len(), None, Some(kv.value.len()));
                     batch.put_value(s.shard, &kv.key, &kv.value);
                 }
-                self.store
-                    .commit(batch, Progress::default())
-                    .map_err(|e| e.to_string())?;
+                self.store.load_part(batch).map_err(|e| e.to_string())?;
             }
             let mut batch = WriteBatch::default();
             for sess in &s.sessions {
@@ -667,9 +679,7 @@ impl ShardKvState {
                 batch.put_session(s.shard, sess.client_id, session);
             }
             batch.put_header(s.shard, &shard);
-            self.store
-                .commit(batch, Progress::default())
-                .map_err(|e| e.to_string())?;
+            self.store.load_part(batch).map_err(|e| e.to_string())?;
             shards.insert(s.shard, shard);
         }
         self.progress = Progress {
@@ -684,7 +694,9 @@ impl ShardKvState {
         batch.put_meta(&self.meta());
         self.store
             .commit(batch, self.progress)
-            .map_err(|e| e.to_string())
+            .map_err(|e| e.to_string())?;
+        self.stored = index;
+        Ok(())
     }
 }
 
@@ -703,11 +715,18 @@ impl quorumkv_raft_core::StateMachine for ShardKvState {
         self.restore_snapshot(index, snapshot)
     }
 
+    fn end_of_batch(&mut self) -> Result<(), String> {
+        self.flush_applied().map_err(|e| e.to_string())
+    }
+
     fn persisted_index(&self) -> u64 {
-        self.progress.applied
+        self.stored
     }
 
     fn close(&mut self) {
+        if let Err(e) = self.flush_applied() {
+            tracing::warn!(error = %e, "writing the last applied commands on close failed");
+        }
         self.store.close();
     }
 }
@@ -733,7 +752,9 @@ mod tests {
     /// Applies at the next index (tests number the log themselves).
     fn step(s: &mut ShardKvState, cmd: pb::command::Cmd) -> Outcome {
         let index = s.applied_index() + 1;
-        s.apply(index, cmd).expect("store")
+        let outcome = s.apply(index, cmd).expect("store");
+        s.flush_applied().expect("store");
+        outcome
     }
 
     fn next_config() -> pb::command::Cmd {
@@ -870,5 +891,26 @@ mod tests {
         let b = ShardKvState::open(1, dir.path()).unwrap();
         assert_eq!(b.persisted_index(), 40);
         assert_eq!(b.snapshot().unwrap(), a.snapshot().unwrap());
+    }
+
+    #[test]
+    fn commands_of_one_run_see_each_other_and_reach_the_store_together() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = ShardKvState::open(1, dir.path()).unwrap();
+        step(&mut s, next_config()).unwrap();
+        let stored = s.persisted_index();
+        // One run: an append on top of a put that is not in the store yet.
+        s.apply(stored + 1, write(1, 1, "k", 5)).unwrap().unwrap();
+        s.apply(stored + 2, write(1, 2, "k", 6)).unwrap().unwrap();
+        assert_eq!(s.persisted_index(), stored, "written before the run ended");
+        s.flush_applied().unwrap();
+        assert_eq!(s.persisted_index(), stored + 2);
+        assert_eq!(get(&s, b"k").as_deref(), Some(&b"vv"[..]));
+        // A run cut off by a crash (no flush, no close) leaves the store at the previous run.
+        s.apply(stored + 3, write(1, 3, "k", 7)).unwrap().unwrap();
+        drop(s);
+        let s = ShardKvState::open(1, dir.path()).unwrap();
+        assert_eq!(s.persisted_index(), stored + 2);
+        assert_eq!(get(&s, b"k").as_deref(), Some(&b"vv"[..]));
     }
 }
