@@ -23,9 +23,10 @@
 /// - **In memory** (the default): on restart the core calls `restore` with the latest snapshot
 ///   and re-applies the committed entries after it, so the rebuilt state is exactly the state
 ///   at the commit index: nothing lost and no command's effect applied twice.
-/// - **In its own store** (e.g. a sled tree): every `apply` writes its effects and `index`
-///   atomically, and [`StateMachine::persisted_index`] reports that index when the member
-///   starts. The store may lose a suffix of its writes in a crash, but never a middle part (it
+/// - **In its own store** (e.g. a sled tree): the effects of the commands applied and the
+///   index of the last one are written as one unit, at the latest in
+///   [`StateMachine::end_of_batch`], and [`StateMachine::persisted_index`] reports that index
+///   when the member starts. The store may lose a suffix of its writes in a crash, but never a middle part (it
 ///   recovers to some earlier applied index, with exactly that index's effects). On restart the
 ///   core restores the latest snapshot only if the store is older than it, and re-applies only
 ///   the entries after the store's index. The log is never compacted past the latest

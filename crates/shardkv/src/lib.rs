@@ -9,8 +9,8 @@
 //!   migration state ([`shard::ShardState`]: `Serving`, `Pulling`, `Collecting`,
 //!   `HandingOff`). Its module docs state the invariants.
 //! - [`store::Store`] keeps the shards' keys and values (and a copy of everything else) in a
-//!   sled tree in the member's data directory; each applied command writes its effects and
-//!   its log index there in one atomic batch, so a restart re-applies only the log after it.
+//!   sled tree in the member's data directory; each run of applied commands writes its effects
+//!   and its last log index there as one unit, so a restart re-applies only the log after it.
 //! - [`service::KvService`] is the gRPC edge: `Get` is a linearizable read through ReadIndex
 //!   (no log write); `Put`/`Append`/`Delete` are proposed through Raft; `PullShard` and
 //!   `DeleteShard` serve other groups.
