@@ -25,7 +25,7 @@ use quorumkv_proto::shardkv as pb;
 use quorumkv_shardctrler_client::Config;
 
 use crate::shard::{Session, Shard, ShardState};
-use crate::store::{Progress, Store, StoreError, WriteBatch};
+use crate::store::{Progress, Store, StoreError, WriteBatch, REDO_LIMIT_BYTES};
 
 /// The documented limits (the client library checks them too): keys up to 4 KiB, values up
 /// to 1 MiB (also the largest value an append may produce).
@@ -289,7 +289,8 @@ impl ShardKvState {
 
     /// Applies one command at log index `index`. Its effects are visible to the commands
     /// applied after it at once, and reach the store with the next
-    /// [`ShardKvState::flush_applied`].
+    /// [`ShardKvState::flush_applied`] (or at once, when the run's pending effects grew past
+    /// [`REDO_LIMIT_BYTES`]).
     pub fn apply(&mut self, index: u64, cmd: pb::command::Cmd) -> Result<Outcome, StoreError> {
         let mut batch = std::mem::take(&mut self.pending);
         let outcome = match cmd {
@@ -302,6 +303,9 @@ impl ShardKvState {
         };
         self.pending = batch;
         self.progress.applied = index;
+        if self.pending.bytes() > REDO_LIMIT_BYTES {
+            self.flush_applied()?;
+        }
         outcome
     }
 
@@ -912,5 +916,32 @@ mod tests {
         let s = ShardKvState::open(1, dir.path()).unwrap();
         assert_eq!(s.persisted_index(), stored + 2);
         assert_eq!(get(&s, b"k").as_deref(), Some(&b"vv"[..]));
+    }
+
+    #[test]
+    fn a_run_with_large_values_is_written_in_parts_of_bounded_size() {
+        let mut s = one_group_owning_everything();
+        let stored = s.persisted_index();
+        let big = |seq: u64| {
+            pb::command::Cmd::Write(pb::ClientWrite {
+                key: Bytes::from(format!("big-{seq}")),
+                value: Bytes::from(vec![b'x'; 600 * 1024]),
+                op: pb::WriteOp::Put as i32,
+                id: Some(pb::RequestId { client_id: 1, seq }),
+                now_ms: 1,
+            })
+        };
+        s.apply(stored + 1, big(1)).unwrap().unwrap();
+        assert_eq!(s.persisted_index(), stored, "600 KiB is under the limit");
+        s.apply(stored + 2, big(2)).unwrap().unwrap();
+        assert_eq!(
+            s.persisted_index(),
+            stored + 2,
+            "a run past the redo limit was not written at once"
+        );
+        s.apply(stored + 3, big(3)).unwrap().unwrap();
+        s.flush_applied().unwrap();
+        assert_eq!(s.persisted_index(), stored + 3);
+        assert_eq!(get(&s, b"big-3").map(|v| v.len()), Some(600 * 1024));
     }
 }

@@ -46,9 +46,13 @@ const META: &[u8] = b"m";
 const PROGRESS: &[u8] = b"a";
 const REDO: &[u8] = b"w";
 /// sled stores values larger than about a quarter of a segment in separate blob files, which
-/// it never syncs; the largest redo record (a 1 MiB value, or a 512 KiB migration chunk) must
-/// stay in the log, hence 16 MiB segments.
+/// it never syncs; a redo record must stay in the log, hence 16 MiB segments (and
+/// [`REDO_LIMIT_BYTES`]).
 const SEGMENT_BYTES: usize = 16 << 20;
+/// A run's pending effects are written as soon as they pass this size, so a redo record holds
+/// at most this plus one command (a 1 MiB value, or a 512 KiB migration chunk and its
+/// sessions): well under a quarter of a segment.
+pub const REDO_LIMIT_BYTES: usize = 1 << 20;
 
 /// The store failed (I/O) or holds bytes this version cannot read.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -182,11 +186,17 @@ pub struct WriteBatch {
     latest: HashMap<Vec<u8>, usize>,
     /// (index in `ops`, prefix) of each `RemovePrefix`.
     cleared: Vec<(usize, Vec<u8>)>,
+    /// Bytes of keys and values in `ops`.
+    bytes: usize,
 }
 
 impl WriteBatch {
     fn push(&mut self, op: Op) {
         let i = self.ops.len();
+        self.bytes += match &op {
+            Op::Put(k, v) => k.len() + v.len(),
+            Op::Remove(k) | Op::RemovePrefix(k) => k.len(),
+        };
         match &op {
             Op::Put(k, _) | Op::Remove(k) => {
                 self.latest.insert(k.clone(), i);
@@ -198,6 +208,11 @@ impl WriteBatch {
 
     pub fn is_empty(&self) -> bool {
         self.ops.is_empty()
+    }
+
+    /// Bytes of keys and values written or removed (about the redo record's size).
+    pub fn bytes(&self) -> usize {
+        self.bytes
     }
 
     /// What this batch says about `key`: `Some(Some(v))` written, `Some(None)` removed,
