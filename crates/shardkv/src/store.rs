@@ -1,7 +1,8 @@
 //! The replica group's on-disk store: one sled tree with the shards' keys and values, the
 //! exactly-once sessions, each shard's header and the group's progress. The state machine
-//! writes the effects of each applied command together with its log index in ONE atomic
-//! batch, so the store always holds exactly the effects of the log up to the index it records.
+//! writes the effects of each run of applied commands together with the last one's log index
+//! as ONE unit, so the store always holds exactly the effects of the log up to the index it
+//! records.
 //!
 //! Layout (integers big-endian, so each shard's keys form one contiguous ordered range):
 //!
@@ -11,17 +12,17 @@
 //!   'h' shard:u64              -> shard header (state, peer group, key and byte counts, cursor)
 //!   'm'                        -> group metadata (gid, shard count, current and previous config)
 //!   'a'                        -> applied index, log clock, writes, time of the last sweep
-//!   'w'                        -> the latest command's effects (the redo record, below)
+//!   'w'                        -> the latest run's effects (the redo record, below)
 //! ```
 //!
 //! Atomicity without sled batches: in sled 0.34 every `apply_batch` forces its log buffers to
 //! disk (several `pwrite` + `sync_file_range` rounds, measured with strace) and takes a
-//! process-wide lock, which cut put throughput by two thirds. So a command's effects are
-//! written as plain inserts, after ONE insert of a redo record (`'w'`) that lists them all and
-//! the new progress. sled recovers a prefix of its writes after a crash; whatever the prefix,
-//! [`Store::open`] finds either the previous command's redo record with all of that command's
-//! effects, or this command's redo record with some of its effects, and in both cases writes
-//! the effects of the record it finds again (they are idempotent: values, removals, progress).
+//! process-wide lock, which cut put throughput by two thirds. So a run's effects are written
+//! as plain inserts, after ONE insert of a redo record (`'w'`) that lists them all and the new
+//! progress. sled recovers a prefix of its writes after a crash; whatever the prefix,
+//! [`Store::open`] finds either the previous run's redo record with all of that run's effects,
+//! or this run's redo record with some of its effects, and in both cases writes the effects of
+//! the record it finds again (they are idempotent: values, removals, progress).
 //!
 //! Nothing is flushed: durability comes from the Raft log, which holds every entry after the
 //! latest snapshot. The raft core re-applies the entries after the index recorded here
@@ -386,7 +387,14 @@ impl Store {
         Ok(())
     }
 
+    /// Writes `batch`'s effects, then the progress record.
     fn write(&self, batch: &WriteBatch, progress: Progress) -> Result<(), StoreError> {
+        self.write_ops(batch)?;
+        self.tree()?.insert(PROGRESS, &progress.encode()[..])?;
+        Ok(())
+    }
+
+    fn write_ops(&self, batch: &WriteBatch) -> Result<(), StoreError> {
         let tree = self.tree()?;
         for op in batch.effective() {
             match op {
@@ -403,7 +411,6 @@ impl Store {
                 }
             }
         }
-        tree.insert(PROGRESS, &progress.encode()[..])?;
         Ok(())
     }
 
@@ -418,12 +425,11 @@ impl Store {
 
     /// Flushes and closes the store, releasing its directory. Later calls fail.
     pub fn close(&mut self) {
-        if let Some((tree, db)) = self.open.take() {
+        // Dropping the tree and the database releases the directory.
+        if let Some((_tree, db)) = self.open.take() {
             if let Err(e) = db.flush() {
                 tracing::warn!(error = %e, "flushing the shard store on close failed");
             }
-            drop(tree);
-            drop(db);
         }
     }
 
@@ -470,10 +476,7 @@ impl Store {
     }
 
     pub fn get(&self, shard: u64, key: &[u8]) -> Result<Option<Bytes>, StoreError> {
-        Ok(self
-            .tree()?
-            .get(prefixed(DATA, shard, key))?
-            .map(|v| Bytes::copy_from_slice(&v)))
+        self.get_through(&WriteBatch::default(), shard, key)
     }
 
     /// The value under `key` as of `pending` (not yet committed) applied to the store.
@@ -483,24 +486,31 @@ impl Store {
         shard: u64,
         key: &[u8],
     ) -> Result<Option<Bytes>, StoreError> {
-        let k = prefixed(DATA, shard, key);
-        match pending.lookup(&k) {
-            Some(v) => Ok(v.map(Bytes::copy_from_slice)),
-            None => Ok(self.tree()?.get(k)?.map(|v| Bytes::copy_from_slice(&v))),
-        }
+        self.read_through(pending, shard, key, Bytes::copy_from_slice)
     }
 
-    /// The size of the value under `key` as of `pending` applied to the store, if any.
+    /// The size of the value under `key` as of `pending` applied to the store, if any (without
+    /// copying it).
     pub fn value_len_through(
         &self,
         pending: &WriteBatch,
         shard: u64,
         key: &[u8],
     ) -> Result<Option<usize>, StoreError> {
+        self.read_through(pending, shard, key, <[u8]>::len)
+    }
+
+    fn read_through<T>(
+        &self,
+        pending: &WriteBatch,
+        shard: u64,
+        key: &[u8],
+        f: impl Fn(&[u8]) -> T,
+    ) -> Result<Option<T>, StoreError> {
         let k = prefixed(DATA, shard, key);
         match pending.lookup(&k) {
-            Some(v) => Ok(v.map(<[u8]>::len)),
-            None => Ok(self.tree()?.get(k)?.map(|v| v.len())),
+            Some(v) => Ok(v.map(f)),
+            None => Ok(self.tree()?.get(k)?.map(|v| f(&v))),
         }
     }
 
@@ -537,13 +547,7 @@ impl Store {
     /// (which has no progress record until the load is complete, so a crash in between makes
     /// the raft core restore the snapshot again).
     pub fn load_part(&self, batch: WriteBatch) -> Result<(), StoreError> {
-        let tree = self.tree()?;
-        for op in batch.ops {
-            if let Op::Put(k, v) = op {
-                tree.insert(k, v)?;
-            }
-        }
-        Ok(())
+        self.write_ops(&batch)
     }
 
     /// Removes everything (before a snapshot is installed). The progress and redo records go
