@@ -140,6 +140,11 @@ pub struct ClientArgs {
 }
 
 impl ClientArgs {
+    /// The client's certificates, or a one-line reason naming the file at fault.
+    pub fn tls_material(&self) -> Result<TlsMaterial, String> {
+        self.tls.load().map_err(|err| format!("TLS files: {err:#}"))
+    }
+
     /// The deadline of a request, or why `--timeout` is wrong.
     pub fn deadline(&self) -> Result<std::time::Duration, String> {
         if self.timeout.is_finite() && self.timeout > 0.0 {

@@ -309,9 +309,9 @@ fn main() -> ExitCode {
         eprintln!("shardctrler-client: error: {}", msg.replace('\n', " "));
         ExitCode::FAILURE
     };
-    let tls = match cli.common.tls.load() {
+    let tls = match cli.common.tls_material() {
         Ok(t) => t,
-        Err(err) => return fail(format!("TLS files: {err:#}")),
+        Err(msg) => return fail(msg),
     };
     let client = match CtrlerClient::connect(cli.common.ctrlers.clone(), tls.clone()) {
         Ok(c) => c.with_timeout(timeout),
