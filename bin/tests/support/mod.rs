@@ -26,14 +26,9 @@ impl Drop for Servers {
     }
 }
 
-/// A loopback port that was free a moment ago.
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+/// A loopback port for a server process, outside the ephemeral range (see
+/// `quorumkv_testkit::ports`): a server killed and restarted by a test binds it again.
+pub use quorumkv_testkit::ports::free_port;
 
 /// Writes a fresh CA and a `node` certificate for localhost and 127.0.0.1 to `dir/certs`
 /// (the node certificate serves as the clients' too).

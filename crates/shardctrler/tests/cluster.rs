@@ -17,7 +17,7 @@ use quorumkv_raft_core::{NodeConfig, Status};
 use quorumkv_shardctrler::{Config, CtrlError, CtrlerMember, MemberOptions, CONTROLLER_GROUP_ID};
 use quorumkv_shardctrler_client::{ClientError, CtrlerClient};
 use quorumkv_testkit::certs::TestPki;
-use tokio::net::TcpListener;
+use quorumkv_testkit::ports;
 use tonic::transport::{Channel, Endpoint};
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -43,7 +43,7 @@ impl Ctl {
             members: BTreeMap::new(),
         };
         for id in 1..=n {
-            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let l = ports::reserve();
             c.addrs.insert(id, l.local_addr().unwrap().to_string());
             c.reserved.insert(id, l);
         }
@@ -76,11 +76,8 @@ impl Ctl {
 
     async fn launch(&mut self, id: u64, num_shards: usize) -> Result<(), CtrlError> {
         let listener = match self.reserved.remove(&id) {
-            Some(l) => {
-                l.set_nonblocking(true).unwrap();
-                TcpListener::from_std(l).unwrap()
-            }
-            None => bind_again(&self.addrs[&id]).await,
+            Some(l) => ports::to_tokio(l),
+            None => ports::rebind(&self.addrs[&id]).await,
         };
         let m = CtrlerMember::start(self.options(id, num_shards), listener).await?;
         self.members.insert(id, m);
@@ -176,20 +173,6 @@ impl Ctl {
             .iter()
             .map(|(id, m)| (*id, m.node().read_local(|sm| sm.controller().clone())))
             .collect()
-    }
-}
-
-async fn bind_again(addr: &str) -> TcpListener {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        match TcpListener::bind(addr).await {
-            Ok(l) => return l,
-            Err(e) if Instant::now() < deadline => {
-                tracing::debug!(error = %e, addr, "rebind retry");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-            Err(e) => panic!("cannot bind {addr} again: {e}"),
-        }
     }
 }
 

@@ -7,7 +7,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use quorumkv_raft_core::{Bootstrap, NodeConfig, RaftAdminService, RaftError, RaftNode, Status};
-use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
 use crate::certs::TestPki;
@@ -82,7 +81,7 @@ impl TestCluster {
     }
 
     fn reserve(&mut self, id: u64) -> String {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let l = crate::ports::reserve();
         let addr = l.local_addr().unwrap().to_string();
         self.reserved.insert(id, l);
         self.addrs.insert(id, addr.clone());
@@ -106,11 +105,8 @@ impl TestCluster {
         members: Vec<(u64, String)>,
     ) -> Result<(), RaftError> {
         let listener = match self.reserved.remove(&id) {
-            Some(l) => {
-                l.set_nonblocking(true).unwrap();
-                TcpListener::from_std(l).unwrap()
-            }
-            None => bind_again(&self.addrs[&id]).await,
+            Some(l) => crate::ports::to_tokio(l),
+            None => crate::ports::rebind(&self.addrs[&id]).await,
         };
         let mut cfg = self.config(id);
         cfg.members = members;
@@ -340,21 +336,6 @@ impl Drop for TestCluster {
     fn drop(&mut self) {
         for r in self.running.values() {
             r.server.abort();
-        }
-    }
-}
-
-async fn bind_again(addr: &str) -> TcpListener {
-    // The previous server's socket may linger briefly; retry for a bounded time.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        match TcpListener::bind(addr).await {
-            Ok(l) => return l,
-            Err(e) if Instant::now() < deadline => {
-                tracing::debug!(error = %e, addr, "rebind retry");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-            Err(e) => panic!("cannot bind {addr} again: {e}"),
         }
     }
 }

@@ -11,6 +11,8 @@
 //!   twice or out of order.
 //! - [`cluster`]: a Raft group of real members on 127.0.0.1, real gRPC over mutual TLS, with
 //!   stop/restart/add/remove of members and awaitable conditions (no fixed sleeps).
+//! - [`ports`]: loopback ports for test members, outside the kernel's ephemeral range so that
+//!   no outgoing connection can take a stopped member's port before it restarts.
 //! - [`linearizability`]: a porcupine-style checker that decides, key by key, whether a
 //!   history of concurrent Get/Put/Append/Delete calls (timed-out writes included) is
 //!   linearizable, plus a thread-safe [`linearizability::History`] recorder for it.
@@ -21,6 +23,7 @@ pub mod kv;
 pub mod linearizability;
 pub mod mem;
 pub mod net;
+pub mod ports;
 
 pub use cluster::{ClusterOptions, TestCluster};
 pub use kv::{KvCommand, KvStateMachine};

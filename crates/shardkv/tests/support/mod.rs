@@ -15,8 +15,8 @@ use quorumkv_shardkv::{KvMember, KvMemberOptions, ShardKvState};
 use quorumkv_shardkv_client::KvClient;
 use quorumkv_testkit::certs::TestPki;
 use quorumkv_testkit::net::FaultyTransport;
+use quorumkv_testkit::ports;
 use quorumkv_testkit::FaultNet;
-use tokio::net::TcpListener;
 
 pub const WAIT: Duration = Duration::from_secs(30);
 pub const SHARDS: usize = 10;
@@ -51,29 +51,6 @@ pub struct Cluster {
     groups: BTreeMap<u64, Group>,
 }
 
-fn free_listener() -> std::net::TcpListener {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap()
-}
-
-fn to_tokio(l: std::net::TcpListener) -> TcpListener {
-    l.set_nonblocking(true).unwrap();
-    TcpListener::from_std(l).unwrap()
-}
-
-async fn rebind(addr: &str) -> TcpListener {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        match TcpListener::bind(addr).await {
-            Ok(l) => return l,
-            Err(e) if Instant::now() < deadline => {
-                tracing::debug!(error = %e, "rebind retry");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-            Err(e) => panic!("cannot bind {addr} again: {e}"),
-        }
-    }
-}
-
 fn fast(cfg: &mut NodeConfig, opts: &Opts) {
     cfg.tick_interval = Duration::from_millis(20);
     cfg.request_timeout = Duration::from_secs(3);
@@ -87,7 +64,7 @@ impl Cluster {
         quorumkv_testkit::init_tracing();
         let pki = TestPki::new();
         let dir = tempfile::tempdir().unwrap();
-        let listeners: Vec<_> = (0..3).map(|_| free_listener()).collect();
+        let listeners: Vec<_> = (0..3).map(|_| ports::reserve()).collect();
         let ctrl_addrs: Vec<String> = listeners
             .iter()
             .map(|l| l.local_addr().unwrap().to_string())
@@ -106,7 +83,7 @@ impl Cluster {
                     tls: pki.node.clone(),
                     admin: None,
                 },
-                to_tokio(l),
+                ports::to_tokio(l),
             )
             .await
             .unwrap();
@@ -153,7 +130,7 @@ impl Cluster {
 
     /// Starts a new group of three members (not joined to the controller yet).
     pub async fn start_group(&mut self, gid: u64) {
-        let listeners: Vec<_> = (0..3).map(|_| free_listener()).collect();
+        let listeners: Vec<_> = (0..3).map(|_| ports::reserve()).collect();
         let addrs: BTreeMap<u64, String> = (1..=3)
             .zip(
                 listeners
@@ -170,7 +147,7 @@ impl Cluster {
         );
         for (i, l) in listeners.into_iter().enumerate() {
             let id = i as u64 + 1;
-            let m = KvMember::start(self.member_options(gid, id), to_tokio(l))
+            let m = KvMember::start(self.member_options(gid, id), ports::to_tokio(l))
                 .await
                 .unwrap();
             self.groups.get_mut(&gid).unwrap().members.insert(id, m);
@@ -209,7 +186,7 @@ impl Cluster {
 
     pub async fn restart_member(&mut self, gid: u64, id: u64) {
         let addr = self.groups[&gid].addrs[&id].clone();
-        let l = rebind(&addr).await;
+        let l = ports::rebind(&addr).await;
         let m = KvMember::start(self.member_options(gid, id), l)
             .await
             .unwrap();
