@@ -25,8 +25,9 @@ fn start_group(rt: &tokio::runtime::Runtime) -> Group {
     let _guard = rt.enter();
     for id in 1..=3u64 {
         let (mb, inbox) = mailbox(65_536);
-        net.register(id, mb.clone());
-        let mut cfg = NodeConfig::new(id, 1, dir.path().join(format!("n{id}")));
+        let data_dir = dir.path().join(format!("n{id}"));
+        net.register(id, mb.clone(), &data_dir);
+        let mut cfg = NodeConfig::new(id, 1, data_dir);
         cfg.members = members.clone();
         cfg.tick_interval = Duration::from_millis(20);
         let transport = Arc::new(net.transport(id, mb.clone()));

@@ -221,7 +221,7 @@ pub fn render_raft(w: &mut MetricsWriter, s: &Status, m: &RaftMetrics, started: 
             &format!("{desc} that failed, by error kind."),
         );
         for (kind, n) in req.failed() {
-            w.sample(&failed, &[("error", kind)], n as f64);
+            w.sample(&failed, &[("error", kind.as_str())], n as f64);
         }
         let latency = format!("quorumkv_raft_{one}_duration_seconds");
         w.family(
@@ -231,6 +231,28 @@ pub fn render_raft(w: &mut MetricsWriter, s: &Status, m: &RaftMetrics, started: 
         );
         w.histogram(&latency, &[], &req.latency.snapshot());
     }
+
+    let stages = "quorumkv_raft_proposal_stage_duration_seconds";
+    w.family(
+        stages,
+        Kind::Histogram,
+        "Where this member's proposals spend their time, stage by stage: queued (inbox to \
+         driver), persisted (own log fsync), committed (quorum durable), applied, replied \
+         (reply handed back); each from the previous stage.",
+    );
+    for (stage, h) in m.proposal_stages.all() {
+        w.histogram(stages, &[("stage", stage)], &h.snapshot());
+    }
+    w.family(
+        "quorumkv_raft_log_write_duration_seconds",
+        Kind::Histogram,
+        "Raft log writes (entries or a new term/vote, fdatasync included).",
+    );
+    w.histogram(
+        "quorumkv_raft_log_write_duration_seconds",
+        &[],
+        &m.log_write.snapshot(),
+    );
 
     let peers = m.peers();
     w.family(
@@ -258,7 +280,17 @@ pub fn render_raft(w: &mut MetricsWriter, s: &Status, m: &RaftMetrics, started: 
         );
     }
     use std::sync::atomic::Ordering::Relaxed;
-    let snaps: [(&str, &str, u64); 4] = [
+    let snaps: [(&str, &str, u64); 6] = [
+        (
+            "quorumkv_raft_store_syncs_total",
+            "Syncs of the state machine's own store that let the log be compacted.",
+            m.store_syncs.load(Relaxed),
+        ),
+        (
+            "quorumkv_raft_snapshot_failures_total",
+            "Snapshot writes or store syncs that failed (retried later).",
+            m.snapshot_failures.load(Relaxed),
+        ),
         (
             "quorumkv_raft_snapshots_sent_total",
             "Snapshot transfers to peers that completed.",
@@ -271,7 +303,7 @@ pub fn render_raft(w: &mut MetricsWriter, s: &Status, m: &RaftMetrics, started: 
         ),
         (
             "quorumkv_raft_snapshots_taken_total",
-            "Snapshots of the local state machine taken (log compaction).",
+            "Snapshot files written of the local state machine (log compaction, or to send).",
             m.snapshots_taken.load(Relaxed),
         ),
         (

@@ -9,6 +9,12 @@ pub mod raft {
     tonic::include_proto!("quorumkv.raft");
 }
 
+/// The raft core's durable formats: log metadata, snapshot files, entry contexts
+/// (`proto/storage.proto`).
+pub mod storage {
+    tonic::include_proto!("quorumkv.storage");
+}
+
 /// The shard controller's API, Raft log commands and snapshot encoding
 /// (`proto/shardctrler.proto`).
 pub mod shardctrler {

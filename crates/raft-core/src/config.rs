@@ -40,6 +40,12 @@ pub struct NodeConfig {
     pub election_tick: usize,
     /// Ticks between leader heartbeats; must be smaller than `election_tick`.
     pub heartbeat_tick: usize,
+    /// A follower's election timeout is drawn from `[election_tick, election_tick +
+    /// election_tick_spread)` ticks, so that members rarely campaign at once. Deterministic
+    /// tests set it to 1 (no randomness) and give members different `election_tick`s.
+    pub election_tick_spread: usize,
+    /// Seed of the ids this member gives its proposals (random when `None`; tests fix it).
+    pub proposal_id_seed: Option<u64>,
     /// Take a snapshot and compact the log once the entries since the last snapshot exceed this
     /// many bytes.
     pub snapshot_log_bytes: u64,
@@ -70,6 +76,8 @@ impl NodeConfig {
             tick_interval: Duration::from_millis(100),
             election_tick: 10,
             heartbeat_tick: 2,
+            election_tick_spread: 10,
+            proposal_id_seed: None,
             snapshot_log_bytes: 64 << 20,
             keep_entries_after_snapshot: 1_000,
             max_size_per_msg: 1 << 20,
@@ -90,6 +98,9 @@ impl NodeConfig {
                 "election_tick ({}) must be greater than heartbeat_tick ({}), which must be > 0",
                 self.election_tick, self.heartbeat_tick
             ));
+        }
+        if self.election_tick_spread == 0 {
+            return bad("election_tick_spread must be positive".into());
         }
         if self.tick_interval.is_zero() {
             return bad("tick_interval must be positive".into());

@@ -71,12 +71,15 @@ pub mod storage;
 pub mod transport;
 
 pub use config::{Bootstrap, NodeConfig};
-pub use error::{RaftError, Result};
+pub use error::{Cause, ErrorKindLabel, RaftError, Result};
 pub use mailbox::{mailbox, Delivery, Inbox, Mailbox};
 pub use metrics::{Histogram, HistogramSnapshot, RaftMetrics};
 pub use node::RaftNode;
 pub use raft::eraftpb::ConfState;
-pub use state_machine::StateMachine;
+pub use state_machine::{
+    read_all, BytesSource, Durability, SmError, SnapshotChunks, SnapshotSource, StateMachine,
+    StoreSyncer,
+};
 pub use status::{PeerProgress, Role, Status};
 pub use transport::admin_service::RaftAdminService;
 pub use transport::grpc::{Dialer, GrpcTransport};

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 
-use crate::error::RaftError;
+use crate::error::{ErrorKindLabel, RaftError};
 
 /// Upper bounds, in seconds, of the latency buckets of every [`Histogram`]; a last, implicit
 /// `+Inf` bucket catches the rest.
@@ -93,27 +93,12 @@ impl Histogram {
     }
 }
 
-/// The kinds of [`RaftError`], as metric labels.
-pub const ERROR_KINDS: [&str; 6] = [
-    "not_leader",
-    "timeout",
-    "retry_later",
-    "invalid_argument",
-    "shutting_down",
-    "storage",
-];
-
-fn kind_index(e: &RaftError) -> usize {
-    let kind = e.kind();
-    ERROR_KINDS.iter().position(|k| *k == kind).unwrap_or(0)
-}
-
-/// Counts of one kind of request: total and failed by [`ERROR_KINDS`], plus the latency of
-/// every request (successful or not) from call to result.
+/// Counts of one kind of request: total and failed by [`ErrorKindLabel`], plus the latency
+/// of every request (successful or not) from call to result.
 #[derive(Debug, Default)]
 pub struct RequestMetrics {
     total: AtomicU64,
-    failed: [AtomicU64; ERROR_KINDS.len()],
+    failed: [AtomicU64; ErrorKindLabel::ALL.len()],
     pub latency: Histogram,
 }
 
@@ -122,7 +107,7 @@ impl RequestMetrics {
     pub fn record<T>(&self, start: Instant, result: &Result<T, RaftError>) {
         self.total.fetch_add(1, Relaxed);
         if let Err(e) = result {
-            self.failed[kind_index(e)].fetch_add(1, Relaxed);
+            self.failed[e.kind().index()].fetch_add(1, Relaxed);
         }
         self.latency.observe_since(start);
     }
@@ -131,9 +116,9 @@ impl RequestMetrics {
         self.total.load(Relaxed)
     }
 
-    /// `(error kind, count)` for every kind in [`ERROR_KINDS`].
-    pub fn failed(&self) -> Vec<(&'static str, u64)> {
-        ERROR_KINDS
+    /// `(error kind, count)` for every kind.
+    pub fn failed(&self) -> Vec<(ErrorKindLabel, u64)> {
+        ErrorKindLabel::ALL
             .iter()
             .zip(&self.failed)
             .map(|(k, c)| (*k, c.load(Relaxed)))
@@ -151,6 +136,35 @@ pub struct PeerMetrics {
     pub dropped: AtomicU64,
 }
 
+/// Where a proposal's time goes on the member that proposed it, stage by stage: each
+/// histogram measures the time from the previous stage to this one.
+#[derive(Debug, Default)]
+pub struct ProposalStages {
+    /// Waiting in the driver's inbox: from the call to the driver taking it.
+    pub queued: Histogram,
+    /// Until the entry was durable in this member's log (its own fsync).
+    pub persisted: Histogram,
+    /// Until a quorum had it durable (committed).
+    pub committed: Histogram,
+    /// Until the state machine applied it.
+    pub applied: Histogram,
+    /// Until the reply was handed back to the caller (after the status publication).
+    pub replied: Histogram,
+}
+
+impl ProposalStages {
+    /// `(stage name, histogram)` in the order a proposal passes them.
+    pub fn all(&self) -> [(&'static str, &Histogram); 5] {
+        [
+            ("queued", &self.queued),
+            ("persisted", &self.persisted),
+            ("committed", &self.committed),
+            ("applied", &self.applied),
+            ("replied", &self.replied),
+        ]
+    }
+}
+
 /// Everything one member counts. Shared (`Arc`) by the node handle, the driver and the
 /// transport.
 #[derive(Debug)]
@@ -163,6 +177,15 @@ pub struct RaftMetrics {
     pub proposals: RequestMetrics,
     /// `RaftNode::read_index` (and the reads built on it): from the call to the result.
     pub read_index: RequestMetrics,
+    /// The stages of this member's own proposals (see [`ProposalStages`]).
+    pub proposal_stages: ProposalStages,
+    /// Log writes (one per Ready with entries or a new term or vote): their duration,
+    /// fdatasync included.
+    pub log_write: Histogram,
+    /// Syncs of the state machine's own store before the log is compacted.
+    pub store_syncs: AtomicU64,
+    /// Snapshots (or store syncs) that failed; retried later.
+    pub snapshot_failures: AtomicU64,
     /// Snapshot transfers to peers that completed.
     pub snapshots_sent: AtomicU64,
     /// Snapshot transfers to peers that failed (raft-rs retries them).
@@ -181,6 +204,10 @@ impl Default for RaftMetrics {
             driver_heartbeat_ms: AtomicU64::new(0),
             proposals: RequestMetrics::default(),
             read_index: RequestMetrics::default(),
+            proposal_stages: ProposalStages::default(),
+            log_write: Histogram::default(),
+            store_syncs: AtomicU64::new(0),
+            snapshot_failures: AtomicU64::new(0),
             snapshots_sent: AtomicU64::new(0),
             snapshots_send_failed: AtomicU64::new(0),
             snapshots_taken: AtomicU64::new(0),
@@ -265,9 +292,9 @@ mod tests {
         assert_eq!(m.total(), 3);
         assert_eq!(m.latency.count(), 3);
         let failed: BTreeMap<_, _> = m.failed().into_iter().collect();
-        assert_eq!(failed["timeout"], 1);
-        assert_eq!(failed["not_leader"], 1);
-        assert_eq!(failed["storage"], 0);
+        assert_eq!(failed[&ErrorKindLabel::Timeout], 1);
+        assert_eq!(failed[&ErrorKindLabel::NotLeader], 1);
+        assert_eq!(failed[&ErrorKindLabel::Storage], 0);
     }
 
     #[test]

@@ -63,13 +63,16 @@ impl<S: StateMachine> RaftNode<S> {
         let (status_tx, status) = watch::channel(Status::default());
         let driver = {
             let _enter = span.enter();
+            let worker = crate::driver::jobs::Worker::spawn(id, mailbox.clone())
+                .map_err(|e| RaftError::storage("cannot start the raft worker thread", e))?;
             Driver::new(
                 cfg,
                 sm.clone(),
                 transport,
-                inbox.rx,
+                inbox,
                 status_tx,
                 mailbox.metrics().clone(),
+                worker,
             )?
         };
         // The status is meaningful (persisted indices, members) from the moment start returns.
@@ -77,7 +80,7 @@ impl<S: StateMachine> RaftNode<S> {
         let thread = std::thread::Builder::new()
             .name(format!("raft-{id}"))
             .spawn(move || span.in_scope(|| driver.run()))
-            .map_err(|e| RaftError::Storage(format!("cannot start driver thread: {e}")))?;
+            .map_err(|e| RaftError::storage("cannot start the raft driver thread", e))?;
         Ok(RaftNode {
             id,
             request_timeout,
@@ -112,14 +115,16 @@ impl<S: StateMachine> RaftNode<S> {
         wrap: impl FnOnce(crate::GrpcTransport) -> Arc<dyn Transport>,
     ) -> Result<(Self, crate::RaftService)> {
         let (mb, inbox) = crate::mailbox(mailbox_capacity);
+        let snapshot_dir = cfg.data_dir.join(crate::storage::SNAPSHOT_DIR);
         let transport = crate::GrpcTransport::new(
             cfg.id,
             cfg.group_id,
             crate::Dialer::new(tls),
             mb.clone(),
             tokio::runtime::Handle::current(),
+            snapshot_dir.clone(),
         );
-        let service = crate::RaftService::new(cfg.group_id, mb.clone());
+        let service = crate::RaftService::new(cfg.group_id, mb.clone(), snapshot_dir);
         let node = Self::start(cfg, state_machine, wrap(transport), mb, inbox)?;
         Ok((node, service))
     }
@@ -172,10 +177,10 @@ impl<S: StateMachine> RaftNode<S> {
     async fn call<T>(
         &self,
         timeout: Duration,
-        make: impl FnOnce(Instant, oneshot::Sender<Result<T>>) -> Msg,
+        make: impl FnOnce(oneshot::Sender<Result<T>>) -> Msg,
     ) -> Result<T> {
         let (tx, rx) = oneshot::channel();
-        self.mailbox.request(make(Instant::now() + timeout, tx))?;
+        self.mailbox.request(make(tx))?;
         // The driver answers every request by its deadline (checked on each tick); the outer
         // timeout only guards against a driver that died.
         match tokio::time::timeout(timeout + Duration::from_secs(1), rx).await {
@@ -199,9 +204,10 @@ impl<S: StateMachine> RaftNode<S> {
     ) -> Result<Vec<u8>> {
         let start = Instant::now();
         let result = self
-            .call(timeout, |deadline, reply| Msg::Propose {
+            .call(timeout, |reply| Msg::Propose {
                 command,
-                deadline,
+                timeout,
+                queued_at: start,
                 reply,
             })
             .await;
@@ -216,10 +222,7 @@ impl<S: StateMachine> RaftNode<S> {
         let start = Instant::now();
         let timeout = self.request_timeout;
         let result = self
-            .call(timeout, |deadline, reply| Msg::ReadIndex {
-                deadline,
-                reply,
-            })
+            .call(timeout, |reply| Msg::ReadIndex { timeout, reply })
             .await;
         self.metrics().read_index.record(start, &result);
         result
@@ -243,12 +246,8 @@ impl<S: StateMachine> RaftNode<S> {
     }
 
     async fn transfer_leader_within(&self, to: u64, timeout: Duration) -> Result<()> {
-        self.call(timeout, |deadline, reply| Msg::TransferLeader {
-            to,
-            deadline,
-            reply,
-        })
-        .await
+        self.call(timeout, |reply| Msg::TransferLeader { to, timeout, reply })
+            .await
     }
 
     /// Before this member goes away (SIGTERM, rolling restart): if it leads, hands leadership
@@ -329,10 +328,10 @@ impl<S: StateMachine> RaftNode<S> {
         cc.set_changes(changes.into());
         let timeout = self.request_timeout;
         let cs = self
-            .call(timeout, |deadline, reply| Msg::ConfChange {
+            .call(timeout, |reply| Msg::ConfChange {
                 change: cc,
                 addresses,
-                deadline,
+                timeout,
                 reply,
             })
             .await?;

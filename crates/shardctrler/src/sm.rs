@@ -4,7 +4,9 @@
 //! Everything here is synchronous and deterministic (STYLE rule 2): the same entries give the
 //! same state and the same response bytes on every replica.
 
-use quorumkv_raft_core::StateMachine;
+use quorumkv_raft_core::{
+    read_all, BytesSource, SmError, SnapshotChunks, SnapshotSource, StateMachine,
+};
 
 use crate::{codec, Controller, CtrlError};
 
@@ -34,26 +36,36 @@ impl StateMachine for ControllerSm {
     /// Responds with an encoded `CommandResult`. Bytes that do not decode to a command are
     /// refused as `InvalidArgument` without touching the controller (no session can be
     /// charged for them), identically on every replica.
-    fn apply(&mut self, _index: u64, command: &[u8]) -> Result<Vec<u8>, String> {
+    fn apply(&mut self, _index: u64, command: &[u8]) -> Result<Vec<u8>, SmError> {
         let result = codec::decode_command(command).and_then(|cmd| self.ctrl.apply(cmd));
         Ok(codec::encode_result(&result))
     }
 
-    fn snapshot(&self) -> Result<Vec<u8>, String> {
-        Ok(codec::encode_snapshot(&self.ctrl.snapshot()))
+    /// The whole state, encoded at once: it is small (configurations and sessions).
+    fn snapshot(&self) -> Result<Box<dyn SnapshotSource>, SmError> {
+        Ok(Box::new(BytesSource::new(codec::encode_snapshot(
+            &self.ctrl.snapshot(),
+        ))))
     }
 
-    fn restore(&mut self, _index: u64, snapshot: &[u8]) -> Result<(), String> {
-        let snap = codec::decode_snapshot(snapshot).map_err(|e| e.to_string())?;
+    fn restore(&mut self, _index: u64, snapshot: &mut dyn SnapshotChunks) -> Result<(), SmError> {
+        self.restore_bytes(&read_all(snapshot)?)?;
+        Ok(())
+    }
+}
+
+impl ControllerSm {
+    fn restore_bytes(&mut self, snapshot: &[u8]) -> Result<(), CtrlError> {
+        let snap = codec::decode_snapshot(snapshot)?;
         if snap.num_shards != self.ctrl.num_shards() {
-            return Err(format!(
+            return Err(CtrlError::InvalidArgument(format!(
                 "the controller state has {} shards but this member was started with {}; the \
                  shard count is fixed when the controller is created",
                 snap.num_shards,
                 self.ctrl.num_shards()
-            ));
+            )));
         }
-        self.ctrl = Controller::restore(snap).map_err(|e| e.to_string())?;
+        self.ctrl = Controller::restore(snap)?;
         Ok(())
     }
 }
@@ -90,12 +102,12 @@ mod tests {
             Err(CtrlError::InvalidArgument(_))
         ));
 
-        let snap = sm.snapshot().unwrap();
+        let snap = codec::encode_snapshot(&sm.controller().snapshot());
         let mut other = ControllerSm::new(8).unwrap();
-        other.restore(9, &snap).unwrap();
+        other.restore_bytes(&snap).unwrap();
         assert_eq!(other, sm);
         let mut wrong = ControllerSm::new(16).unwrap();
-        let err = wrong.restore(9, &snap).unwrap_err();
+        let err = wrong.restore_bytes(&snap).unwrap_err().to_string();
         assert!(err.contains("8 shards"), "{err}");
     }
 }

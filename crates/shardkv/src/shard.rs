@@ -3,6 +3,7 @@
 use std::collections::BTreeMap;
 
 use bytes::Bytes;
+use quorumkv_proto::shardkv::ShardStateKind;
 
 /// Where a shard held by this group stands. Every change is one of the named transitions
 /// below, applied through the group's Raft log, so all replicas agree on it.
@@ -31,14 +32,34 @@ impl ShardState {
         matches!(self, ShardState::Serving | ShardState::Collecting { .. })
     }
 
-    /// The name used in status output and snapshots.
-    pub fn name(&self) -> &'static str {
+    /// The state's kind, as stored and sent (`ShardStateKind` in `proto/shardkv.proto`).
+    pub fn kind(&self) -> ShardStateKind {
         match self {
-            ShardState::Serving => "serving",
-            ShardState::Pulling { .. } => "pulling",
-            ShardState::Collecting { .. } => "collecting",
-            ShardState::HandingOff { .. } => "handing-off",
+            ShardState::Serving => ShardStateKind::Serving,
+            ShardState::Pulling { .. } => ShardStateKind::Pulling,
+            ShardState::Collecting { .. } => ShardStateKind::Collecting,
+            ShardState::HandingOff { .. } => ShardStateKind::HandingOff,
         }
+    }
+
+    /// The one spelling of the state in status output, metric labels and the CLI.
+    pub fn name(&self) -> &'static str {
+        kind_name(self.kind())
+    }
+
+    /// The state of kind `kind` with its other group `peer` and, pulling, its `cursor`.
+    pub fn from_kind(
+        kind: ShardStateKind,
+        peer: u64,
+        cursor: Option<Bytes>,
+    ) -> Result<Self, String> {
+        Ok(match kind {
+            ShardStateKind::Serving => ShardState::Serving,
+            ShardStateKind::Pulling => ShardState::Pulling { from: peer, cursor },
+            ShardStateKind::Collecting => ShardState::Collecting { from: peer },
+            ShardStateKind::HandingOff => ShardState::HandingOff { to: peer },
+            ShardStateKind::Unspecified => return Err("a shard without a state".into()),
+        })
     }
 
     /// The other group of a migration, 0 when serving.
@@ -48,6 +69,17 @@ impl ShardState {
             ShardState::Pulling { from, .. } | ShardState::Collecting { from } => *from,
             ShardState::HandingOff { to } => *to,
         }
+    }
+}
+
+/// The lower-case name of a state kind without its prefix (`handing_off`).
+pub fn kind_name(kind: ShardStateKind) -> &'static str {
+    match kind {
+        ShardStateKind::Serving => "serving",
+        ShardStateKind::Pulling => "pulling",
+        ShardStateKind::Collecting => "collecting",
+        ShardStateKind::HandingOff => "handing_off",
+        ShardStateKind::Unspecified => "unspecified",
     }
 }
 

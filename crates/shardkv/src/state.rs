@@ -26,6 +26,7 @@ use quorumkv_shardctrler_client::Config;
 
 use crate::shard::{Session, Shard, ShardState};
 use crate::store::{Progress, Store, StoreError, WriteBatch, REDO_LIMIT_BYTES};
+use quorumkv_raft_core::SmError;
 
 /// The documented limits (the client library checks them too): keys up to 4 KiB, values up
 /// to 1 MiB (also the largest value an append may produce).
@@ -151,18 +152,38 @@ pub(crate) fn config_from_pb(c: pb::Config) -> Config {
     }
 }
 
-fn parse_state(name: &str, peer: u64, cursor: Option<Bytes>) -> Result<ShardState, String> {
-    Ok(match name {
-        "serving" => ShardState::Serving,
-        "pulling" => ShardState::Pulling { from: peer, cursor },
-        "collecting" => ShardState::Collecting { from: peer },
-        "handing-off" => ShardState::HandingOff { to: peer },
-        other => return Err(format!("unknown shard state {other:?}")),
-    })
+/// A shard's state in a snapshot: its `kind`, or in a format-1 snapshot its name.
+fn snapshot_state(s: &pb::ShardSnapshot) -> Result<ShardState, String> {
+    let kind = match pb::ShardStateKind::try_from(s.kind) {
+        Ok(pb::ShardStateKind::Unspecified) | Err(_) => match s.state.as_str() {
+            "serving" => pb::ShardStateKind::Serving,
+            "pulling" => pb::ShardStateKind::Pulling,
+            "collecting" => pb::ShardStateKind::Collecting,
+            "handing-off" => pb::ShardStateKind::HandingOff,
+            other => return Err(format!("unknown shard state {other:?}")),
+        },
+        Ok(k) => k,
+    };
+    ShardState::from_kind(kind, s.peer_gid, s.cursor.clone())
 }
 
 /// Entries per batch when a snapshot is loaded into the store.
 const RESTORE_BATCH: usize = 4096;
+/// The first byte of each piece of a snapshot stream in this format (see `SnapshotPart` in
+/// `proto/shardkv.proto`); a format-1 snapshot is one `StateSnapshot`, whose first byte is
+/// its `gid` field's tag (0x08).
+const PART_VERSION: u8 = 0xB2;
+
+/// Why a snapshot could not be restored.
+#[derive(Debug, thiserror::Error)]
+pub enum RestoreError {
+    #[error("snapshot is corrupt: {0}")]
+    Corrupt(String),
+    #[error("snapshot of group {found} cannot be restored in group {gid}")]
+    WrongGroup { found: u64, gid: u64 },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
 
 impl ShardKvState {
     /// Opens group `gid`'s store in `dir` (created if new) and loads its state.
@@ -190,7 +211,7 @@ impl ShardKvState {
         };
         if let Some(meta) = loaded.meta {
             if meta.gid != gid {
-                return Err(StoreError(format!(
+                return Err(StoreError::Corrupt(format!(
                     "this store belongs to group {}, not group {gid}",
                     meta.gid
                 )));
@@ -609,31 +630,20 @@ impl ShardKvState {
         v
     }
 
-    /// The complete state as snapshot bytes, for comparisons in tests and tools; a store
-    /// failure yields the error's text instead.
-    pub fn snapshot_bytes(&self) -> Vec<u8> {
-        self.encode_snapshot()
-            .unwrap_or_else(|e| e.to_string().into_bytes())
-    }
-
-    /// The complete state (keys and values read from the store, in key order) as bytes.
-    pub fn encode_snapshot(&self) -> Result<Vec<u8>, StoreError> {
+    /// The group's metadata and every shard's state and sessions, without keys and values.
+    fn meta_snapshot(&self) -> pb::StateSnapshot {
         let mut snap = self.meta();
         for (id, s) in &self.shards {
-            let entries = self
-                .store
-                .scan(*id, None)?
-                .map(|kv| kv.map(|(key, value)| pb::KeyValue { key, value }))
-                .collect::<Result<Vec<_>, _>>()?;
             snap.shards.push(pb::ShardSnapshot {
                 shard: *id,
-                state: s.state.name().to_string(),
+                state: String::new(),
+                kind: s.state.kind() as i32,
                 peer_gid: s.state.peer_gid(),
                 cursor: match &s.state {
                     ShardState::Pulling { cursor, .. } => cursor.clone(),
                     _ => None,
                 },
-                entries,
+                entries: Vec::new(),
                 sessions: s
                     .sessions
                     .iter()
@@ -645,86 +655,264 @@ impl ShardKvState {
                     .collect(),
             });
         }
-        Ok(snap.encode_to_vec())
+        snap
     }
 
-    /// Replaces the whole state (store included) with a snapshot taken at log index `index`.
-    pub fn restore_snapshot(&mut self, index: u64, bytes: &[u8]) -> Result<(), String> {
-        let mut snap = pb::StateSnapshot::decode(bytes).map_err(|e| e.to_string())?;
-        if snap.gid != self.gid {
-            return Err(format!(
-                "snapshot of group {} cannot be restored in group {}",
-                snap.gid, self.gid
-            ));
-        }
-        let shard_snaps = std::mem::take(&mut snap.shards);
-        let mut shards = BTreeMap::new();
-        let mut states = Vec::new();
-        for s in &shard_snaps {
-            states.push(parse_state(&s.state, s.peer_gid, s.cursor.clone())?);
-        }
-        // The old contents go first (progress record included): a crash from here until the
-        // final commit leaves a store that is restored again on restart.
-        self.pending = WriteBatch::default();
-        self.store.clear().map_err(|e| e.to_string())?;
-        for (s, state) in shard_snaps.into_iter().zip(states) {
-            let mut shard = Shard::new(state);
-            for chunk in s.entries.chunks(RESTORE_BATCH) {
-                let mut batch = WriteBatch::default();
-                for kv in chunk {
-                    shard.account(kv.key.len(), None, Some(kv.value.len()));
-                    batch.put_value(s.shard, &kv.key, &kv.value);
+    /// The complete state as one byte string (metadata, then every key and value in order),
+    /// for comparing replicas in tests and tools; a store failure yields the error's text.
+    pub fn snapshot_bytes(&self) -> Vec<u8> {
+        let mut out = self.meta_snapshot().encode_to_vec();
+        for id in self.shards.keys() {
+            match self.store.scan(*id, None) {
+                Ok(it) => {
+                    for kv in it {
+                        match kv {
+                            Ok((k, v)) => pb::KeyValue { key: k, value: v }
+                                .encode_length_delimited(&mut out)
+                                .expect("a Vec grows"),
+                            Err(e) => return e.to_string().into_bytes(),
+                        }
+                    }
                 }
-                self.store.load_part(batch).map_err(|e| e.to_string())?;
+                Err(e) => return e.to_string().into_bytes(),
             }
-            let mut batch = WriteBatch::default();
+        }
+        out
+    }
+
+    /// A point-in-time view of the whole state as a stream of snapshot pieces: the metadata
+    /// now, the keys and values read from a store view (cheap to take; read on any thread).
+    pub fn snapshot_source(&self) -> Result<ShardSnapshotSource, StoreError> {
+        let meta = part(pb::snapshot_part::Part::Meta(self.meta_snapshot()));
+        let view = self.store.view()?;
+        let entries = view.entries();
+        Ok(ShardSnapshotSource {
+            meta: Some(meta),
+            entries,
+            next: None,
+            _view: view,
+        })
+    }
+
+    /// Replaces the whole state (store included) with a snapshot taken at log index `index`,
+    /// read piece by piece (memory stays bounded by a piece, whatever the snapshot's size).
+    pub fn restore_from(
+        &mut self,
+        index: u64,
+        chunks: &mut dyn quorumkv_raft_core::SnapshotChunks,
+    ) -> Result<(), RestoreError> {
+        let bad = |e: &dyn std::fmt::Display| RestoreError::Corrupt(e.to_string());
+        let Some(first) = chunks.next_chunk().map_err(|e| bad(&e))? else {
+            return Err(RestoreError::Corrupt("an empty snapshot".into()));
+        };
+        if first.first() != Some(&PART_VERSION) {
+            // Format 1: the whole state in one message, cut into pieces.
+            let mut bytes = first;
+            while let Some(c) = chunks.next_chunk().map_err(|e| bad(&e))? {
+                bytes.extend_from_slice(&c);
+            }
+            let mut snap = pb::StateSnapshot::decode(&bytes[..]).map_err(|e| bad(&e))?;
+            let shards = std::mem::take(&mut snap.shards);
+            let meta = pb::StateSnapshot {
+                shards: shards
+                    .iter()
+                    .map(|s| pb::ShardSnapshot {
+                        entries: Vec::new(),
+                        ..s.clone()
+                    })
+                    .collect(),
+                ..snap
+            };
+            self.begin_restore(&meta)?;
+            for s in shards {
+                self.restore_entries(s.shard, s.entries)?;
+            }
+            return self.finish_restore(index, meta);
+        }
+        let meta = match decode_part(&first).map_err(|e| bad(&e))? {
+            pb::snapshot_part::Part::Meta(m) => m,
+            _ => return Err(RestoreError::Corrupt("a snapshot without metadata".into())),
+        };
+        self.begin_restore(&meta)?;
+        while let Some(c) = chunks.next_chunk().map_err(|e| bad(&e))? {
+            match decode_part(&c).map_err(|e| bad(&e))? {
+                pb::snapshot_part::Part::Data(d) => self.restore_entries(d.shard, d.entries)?,
+                pb::snapshot_part::Part::Meta(_) => {
+                    return Err(RestoreError::Corrupt("a second metadata piece".into()))
+                }
+            }
+        }
+        self.finish_restore(index, meta)
+    }
+
+    /// Clears the store (progress first: a crash until [`Self::finish_restore`] leaves a store
+    /// that asks to be restored again) and sets up the shards of `meta`, without their keys.
+    fn begin_restore(&mut self, meta: &pb::StateSnapshot) -> Result<(), RestoreError> {
+        if meta.gid != self.gid {
+            return Err(RestoreError::WrongGroup {
+                found: meta.gid,
+                gid: self.gid,
+            });
+        }
+        let mut shards = BTreeMap::new();
+        for s in &meta.shards {
+            let mut shard = Shard::new(snapshot_state(s).map_err(RestoreError::Corrupt)?);
             for sess in &s.sessions {
-                let session = shard.record(sess.client_id, sess.seq, sess.last_ms);
-                batch.put_session(s.shard, sess.client_id, session);
+                shard.record(sess.client_id, sess.seq, sess.last_ms);
             }
-            batch.put_header(s.shard, &shard);
-            self.store.load_part(batch).map_err(|e| e.to_string())?;
             shards.insert(s.shard, shard);
+        }
+        self.pending = WriteBatch::default();
+        self.store.clear()?;
+        self.shards = shards;
+        Ok(())
+    }
+
+    fn restore_entries(&mut self, id: u64, entries: Vec<pb::KeyValue>) -> Result<(), RestoreError> {
+        let shard = self.shards.get_mut(&id).ok_or_else(|| {
+            RestoreError::Corrupt(format!("keys of shard {id}, which it does not hold"))
+        })?;
+        for chunk in entries.chunks(RESTORE_BATCH) {
+            let mut batch = WriteBatch::default();
+            for kv in chunk {
+                shard.account(kv.key.len(), None, Some(kv.value.len()));
+                batch.put_value(id, &kv.key, &kv.value);
+            }
+            self.store.load_part(batch)?;
+        }
+        Ok(())
+    }
+
+    /// Writes the shards' headers and sessions, the metadata and the progress at `index`.
+    fn finish_restore(&mut self, index: u64, meta: pb::StateSnapshot) -> Result<(), RestoreError> {
+        let mut batch = WriteBatch::default();
+        for (id, shard) in &self.shards {
+            for (client, sess) in &shard.sessions {
+                batch.put_session(*id, *client, *sess);
+            }
+            batch.put_header(*id, shard);
         }
         self.progress = Progress {
             applied: index,
-            clock_ms: snap.clock_ms,
-            writes: snap.writes,
-            last_sweep_ms: snap.last_sweep_ms,
+            clock_ms: meta.clock_ms,
+            writes: meta.writes,
+            last_sweep_ms: meta.last_sweep_ms,
         };
-        self.set_meta(snap);
-        self.shards = shards;
-        let mut batch = WriteBatch::default();
+        self.set_meta(meta);
         batch.put_meta(&self.meta());
-        self.store
-            .commit(batch, self.progress)
-            .map_err(|e| e.to_string())?;
+        self.store.commit(batch, self.progress)?;
         self.stored = index;
         Ok(())
     }
 }
 
+fn part(p: pb::snapshot_part::Part) -> Vec<u8> {
+    let mut out = vec![PART_VERSION];
+    pb::SnapshotPart { part: Some(p) }
+        .encode(&mut out)
+        .expect("a Vec grows");
+    out
+}
+
+fn decode_part(b: &[u8]) -> Result<pb::snapshot_part::Part, String> {
+    match b.split_first() {
+        Some((&PART_VERSION, rest)) => pb::SnapshotPart::decode(rest)
+            .map_err(|e| e.to_string())?
+            .part
+            .ok_or_else(|| "an empty snapshot piece".to_string()),
+        _ => Err("a snapshot piece of an unknown format".into()),
+    }
+}
+
+/// A group's state as snapshot pieces (see [`ShardKvState::snapshot_source`]): the metadata,
+/// then the keys and values of each shard, read from a point-in-time store view.
+pub struct ShardSnapshotSource {
+    meta: Option<Vec<u8>>,
+    entries: crate::store::ViewIter,
+    /// An entry read but not yet sent (it belongs to the next piece).
+    next: Option<(u64, Bytes, Bytes)>,
+    _view: crate::store::StoreView,
+}
+
+impl quorumkv_raft_core::SnapshotSource for ShardSnapshotSource {
+    fn next_chunk(
+        &mut self,
+        max_bytes: usize,
+    ) -> Result<Option<Vec<u8>>, quorumkv_raft_core::SmError> {
+        if let Some(meta) = self.meta.take() {
+            return Ok(Some(meta));
+        }
+        let mut data = pb::ShardData::default();
+        let mut size = 0;
+        loop {
+            let item = match self.next.take() {
+                Some(i) => i,
+                None => match self.entries.next() {
+                    Some(r) => r?,
+                    None => break,
+                },
+            };
+            let (shard, key, value) = item;
+            let len = key.len() + value.len() + 16;
+            let other_shard = !data.entries.is_empty() && data.shard != shard;
+            if other_shard || (!data.entries.is_empty() && size + len > max_bytes) {
+                self.next = Some((shard, key, value));
+                break;
+            }
+            data.shard = shard;
+            size += len;
+            data.entries.push(pb::KeyValue { key, value });
+        }
+        if data.entries.is_empty() {
+            return Ok(None);
+        }
+        Ok(Some(part(pb::snapshot_part::Part::Data(data))))
+    }
+}
+
 impl quorumkv_raft_core::StateMachine for ShardKvState {
-    fn apply(&mut self, index: u64, command: &[u8]) -> Result<Vec<u8>, String> {
-        self.apply_bytes(index, command)
-            .map(|o| encode_outcome(&o))
-            .map_err(|e| e.to_string())
+    fn apply(&mut self, index: u64, command: &[u8]) -> Result<Vec<u8>, SmError> {
+        Ok(encode_outcome(&self.apply_bytes(index, command)?))
     }
 
-    fn snapshot(&self) -> Result<Vec<u8>, String> {
-        self.encode_snapshot().map_err(|e| e.to_string())
+    fn snapshot(&self) -> Result<Box<dyn quorumkv_raft_core::SnapshotSource>, SmError> {
+        Ok(Box::new(self.snapshot_source()?))
     }
 
-    fn restore(&mut self, index: u64, snapshot: &[u8]) -> Result<(), String> {
-        self.restore_snapshot(index, snapshot)
+    fn restore(
+        &mut self,
+        index: u64,
+        snapshot: &mut dyn quorumkv_raft_core::SnapshotChunks,
+    ) -> Result<(), SmError> {
+        Ok(self.restore_from(index, snapshot)?)
     }
 
-    fn end_of_batch(&mut self) -> Result<(), String> {
-        self.flush_applied().map_err(|e| e.to_string())
+    fn durability(&self) -> quorumkv_raft_core::Durability {
+        quorumkv_raft_core::Durability::OwnStore
+    }
+
+    fn end_of_batch(&mut self) -> Result<(), SmError> {
+        Ok(self.flush_applied()?)
     }
 
     fn persisted_index(&self) -> u64 {
         self.stored
+    }
+
+    fn syncer(&self) -> Option<Box<dyn quorumkv_raft_core::StoreSyncer>> {
+        struct Syncer(crate::store::StoreSync);
+        impl quorumkv_raft_core::StoreSyncer for Syncer {
+            fn sync(&mut self) -> Result<(), SmError> {
+                Ok(self.0.sync()?)
+            }
+        }
+        match self.store.sync_handle() {
+            Ok(h) => Some(Box::new(Syncer(h))),
+            Err(e) => {
+                tracing::warn!(error = %e, "no sync handle for the shard store");
+                None
+            }
+        }
     }
 
     fn close(&mut self) {
@@ -738,7 +926,25 @@ impl quorumkv_raft_core::StateMachine for ShardKvState {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use quorumkv_raft_core::StateMachine;
+    use quorumkv_raft_core::{SnapshotChunks, SnapshotSource, StateMachine};
+
+    /// Streams `from`'s snapshot into `to`, as taken at `index`.
+    fn transfer(from: &ShardKvState, to: &mut ShardKvState, index: u64) {
+        let mut src = from.snapshot_source().unwrap();
+        let mut chunks = Vec::new();
+        while let Some(c) = src.next_chunk(256).unwrap() {
+            chunks.push(c);
+        }
+        drop(src);
+        struct Pieces(std::vec::IntoIter<Vec<u8>>);
+        impl SnapshotChunks for Pieces {
+            fn next_chunk(&mut self) -> Result<Option<Vec<u8>>, SmError> {
+                Ok(self.0.next())
+            }
+        }
+        to.restore_from(index, &mut Pieces(chunks.into_iter()))
+            .unwrap();
+    }
 
     fn write(client: u64, seq: u64, key: &str, now_ms: u64) -> pb::command::Cmd {
         pb::command::Cmd::Write(pb::ClientWrite {
@@ -795,8 +1001,7 @@ mod tests {
         // A replica restored from a snapshot taken now must sweep at the same points of the
         // log (so the time of the last sweep travels in the snapshot).
         let mut b = ShardKvState::temporary(1).unwrap();
-        b.restore(a.applied_index(), &a.snapshot().unwrap())
-            .unwrap();
+        transfer(&a, &mut b, a.applied_index());
 
         // Client 7 is now idle past the TTL, but the next sweep is not due yet: kept.
         let t2 = 2_000 + SESSION_TTL_MS + 1;
@@ -815,20 +1020,20 @@ mod tests {
             );
         }
         assert_eq!(a.shards(), b.shards(), "replicas disagree after the sweep");
-        assert_eq!(a.snapshot(), b.snapshot());
+        assert_eq!(a.snapshot_bytes(), b.snapshot_bytes());
     }
 
     #[test]
     fn a_write_to_a_shard_not_owned_or_not_arrived_is_refused_and_changes_nothing() {
         let mut s = ShardKvState::temporary(2).unwrap();
         assert_eq!(step(&mut s, write(1, 1, "k", 1)), Err(Refusal::WrongGroup));
-        let before = s.snapshot().unwrap();
+        let before = s.snapshot_bytes();
         let big = pb::command::Cmd::Write(pb::ClientWrite {
             key: Bytes::from(vec![b'k'; MAX_KEY_BYTES + 1]),
             ..Default::default()
         });
         assert!(matches!(step(&mut s, big), Err(Refusal::Invalid(_))));
-        assert_eq!(s.snapshot().unwrap(), before);
+        assert_eq!(s.snapshot_bytes(), before);
     }
 
     #[test]
@@ -855,14 +1060,14 @@ mod tests {
             step(&mut s, put(1, 4, "b", "", pb::WriteOp::Delete)).unwrap();
             step(&mut s, put(2, 1, "c", "yy", pb::WriteOp::Put)).unwrap();
             assert_eq!(s.applied_index(), 6);
-            s.snapshot().unwrap()
+            s.snapshot_bytes()
         };
         let mut s = ShardKvState::open(1, dir.path()).unwrap();
         assert_eq!(s.persisted_index(), 6, "the applied index was not stored");
         assert_eq!(get(&s, b"a").as_deref(), Some(&b"123"[..]));
         assert_eq!(get(&s, b"b"), None);
         assert_eq!(
-            s.snapshot().unwrap(),
+            s.snapshot_bytes(),
             snapshot,
             "state differs after reopening"
         );
@@ -889,12 +1094,12 @@ mod tests {
             let mut b = ShardKvState::open(1, dir.path()).unwrap();
             step(&mut b, next_config()).unwrap();
             step(&mut b, write(9, 1, "stale", 1)).unwrap();
-            b.restore(40, &a.snapshot().unwrap()).unwrap();
+            transfer(&a, &mut b, 40);
             assert_eq!(get(&b, b"stale"), None, "old data survived the restore");
         }
         let b = ShardKvState::open(1, dir.path()).unwrap();
         assert_eq!(b.persisted_index(), 40);
-        assert_eq!(b.snapshot().unwrap(), a.snapshot().unwrap());
+        assert_eq!(b.snapshot_bytes(), a.snapshot_bytes());
     }
 
     #[test]

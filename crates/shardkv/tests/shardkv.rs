@@ -155,7 +155,7 @@ async fn converged_states(c: &Cluster, gid: u64, id: u64) -> (Vec<u8>, Vec<u8>) 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn restarted_members_rebuild_their_shard_store_from_it_or_from_snapshot_and_log() {
+async fn restarted_members_resume_from_their_shard_store_and_one_that_lost_it_refuses_to_start() {
     let mut c = Cluster::start(
         1,
         Opts {
@@ -191,9 +191,11 @@ async fn restarted_members_rebuild_their_shard_store_from_it_or_from_snapshot_an
     } else {
         (1, if leader == 2 { 3 } else { 2 })
     };
-    // One member keeps its shard store (it re-applies only the log after it); the other
-    // lost it entirely (it restores the latest snapshot and re-applies the log after that).
-    // One at a time, so that the group keeps a majority and takes writes meanwhile.
+    // One member keeps its shard store (it re-applies only the log after it). The other
+    // loses it: the log was compacted behind the synced store, so nothing on this member can
+    // rebuild it, and it refuses to start (saying what to do) rather than serve an empty
+    // state; with its store back (from a copy) it resumes. One at a time, so that the group
+    // keeps a majority and takes writes meanwhile.
     for (id, lose_store) in [(normal, false), (lost, true)] {
         c.stop_member(1, id).await;
         for _ in 0..3 {
@@ -202,7 +204,16 @@ async fn restarted_members_rebuild_their_shard_store_from_it_or_from_snapshot_an
         if lose_store {
             let store = c.member_dir(1, id).join(quorumkv_shardkv::node::STORE_DIR);
             assert!(store.is_dir(), "no shard store at {}", store.display());
+            let aside = c.member_dir(1, id).join("kv.copy");
+            copy_dir(&store, &aside);
             std::fs::remove_dir_all(&store).unwrap();
+            let Err(err) = c.try_restart_member(1, id).await else {
+                panic!("member {id} started without its store");
+            };
+            let msg = format!("{err}");
+            assert!(msg.contains("re-add this member"), "{msg}");
+            std::fs::remove_dir_all(&store).unwrap();
+            std::fs::rename(&aside, &store).unwrap();
         }
         c.restart_member(1, id).await;
         let (a, b) = converged_states(&c, 1, id).await;
@@ -453,4 +464,17 @@ async fn limits_deletes_and_exactly_once() {
     raw.append(req).await.unwrap();
     assert_eq!(kv.get(b"once").await.unwrap().as_deref(), Some(&b"x"[..]));
     c.shutdown().await;
+}
+
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        let dst = to.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &dst);
+        } else {
+            std::fs::copy(e.path(), dst).unwrap();
+        }
+    }
 }

@@ -2,7 +2,9 @@
 
 use std::collections::BTreeMap;
 
-use quorumkv_raft_core::StateMachine;
+use quorumkv_raft_core::{
+    read_all, BytesSource, SmError, SnapshotChunks, SnapshotSource, StateMachine,
+};
 
 /// Commands of the test state machine.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -80,7 +82,7 @@ fn take_bytes<'a>(b: &mut &'a [u8]) -> Result<&'a [u8], String> {
 }
 
 impl StateMachine for KvStateMachine {
-    fn apply(&mut self, index: u64, command: &[u8]) -> Result<Vec<u8>, String> {
+    fn apply(&mut self, index: u64, command: &[u8]) -> Result<Vec<u8>, SmError> {
         if index <= self.last_index {
             self.violations
                 .push(format!("index {index} applied after {}", self.last_index));
@@ -103,7 +105,19 @@ impl StateMachine for KvStateMachine {
         })
     }
 
-    fn snapshot(&self) -> Result<Vec<u8>, String> {
+    fn snapshot(&self) -> Result<Box<dyn SnapshotSource>, SmError> {
+        Ok(Box::new(BytesSource::new(self.to_bytes())))
+    }
+
+    fn restore(&mut self, _index: u64, snapshot: &mut dyn SnapshotChunks) -> Result<(), SmError> {
+        let bytes = read_all(snapshot)?;
+        self.restore_bytes(&bytes).map_err(SmError::from)
+    }
+}
+
+impl KvStateMachine {
+    /// The whole state as bytes (the snapshot).
+    pub fn to_bytes(&self) -> Vec<u8> {
         let mut out = Vec::new();
         out.extend_from_slice(&self.last_index.to_be_bytes());
         out.extend_from_slice(&self.applied_commands.to_be_bytes());
@@ -112,10 +126,10 @@ impl StateMachine for KvStateMachine {
             put_bytes(&mut out, k.as_bytes());
             put_bytes(&mut out, v.as_bytes());
         }
-        Ok(out)
+        out
     }
 
-    fn restore(&mut self, _index: u64, snapshot: &[u8]) -> Result<(), String> {
+    fn restore_bytes(&mut self, snapshot: &[u8]) -> Result<(), String> {
         let mut b = snapshot;
         let head = b.get(..20).ok_or("snapshot truncated")?;
         let last_index = u64::from_be_bytes(head[..8].try_into().unwrap());

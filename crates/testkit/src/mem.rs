@@ -2,16 +2,17 @@
 //! mailboxes. For benchmarks of the driver and storage without network or TLS costs.
 
 use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use parking_lot::RwLock;
 use quorumkv_raft_core::{Mailbox, Transport};
 use raft::eraftpb::{Message, MessageType};
 
-/// The mailboxes of every member, by id.
+/// The mailboxes (and snapshot directories) of every member, by id.
 #[derive(Default)]
 pub struct MemNetwork {
-    mailboxes: RwLock<HashMap<u64, Mailbox>>,
+    mailboxes: RwLock<HashMap<u64, (Mailbox, PathBuf)>>,
 }
 
 impl MemNetwork {
@@ -19,8 +20,12 @@ impl MemNetwork {
         Arc::new(Self::default())
     }
 
-    pub fn register(&self, id: u64, mailbox: Mailbox) {
-        self.mailboxes.write().insert(id, mailbox);
+    /// Registers member `id`, whose data directory is `data_dir`.
+    pub fn register(&self, id: u64, mailbox: Mailbox, data_dir: impl Into<PathBuf>) {
+        let snapshots = data_dir
+            .into()
+            .join(quorumkv_raft_core::storage::SNAPSHOT_DIR);
+        self.mailboxes.write().insert(id, (mailbox, snapshots));
     }
 
     /// A transport for member `from`.
@@ -28,7 +33,7 @@ impl MemNetwork {
         MemTransport {
             net: self.clone(),
             own,
-            _from: from,
+            from,
         }
     }
 }
@@ -37,7 +42,7 @@ impl MemNetwork {
 pub struct MemTransport {
     net: Arc<MemNetwork>,
     own: Mailbox,
-    _from: u64,
+    from: u64,
 }
 
 impl Transport for MemTransport {
@@ -46,7 +51,14 @@ impl Transport for MemTransport {
         for m in msgs {
             let to = m.to;
             let snapshot = m.get_msg_type() == MessageType::MsgSnapshot;
-            let ok = boxes.get(&to).is_some_and(|mb| mb.deliver(m).is_ok());
+            let ok = match (boxes.get(&to), boxes.get(&self.from)) {
+                (Some((mb, dst)), Some((_, src))) if snapshot => {
+                    quorumkv_raft_core::transport::hand_over_snapshot(m, src, dst)
+                        .is_ok_and(|m| mb.deliver(m).is_ok())
+                }
+                (Some((mb, _)), _) => mb.deliver(m).is_ok(),
+                _ => false,
+            };
             if snapshot {
                 self.own.report_snapshot(to, ok);
             } else if !ok {

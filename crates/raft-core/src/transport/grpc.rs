@@ -5,23 +5,29 @@
 //! unreachable, so raft-rs slows down replication to it instead of the driver blocking. The
 //! task connects lazily when it has something to send, resolving the peer's DNS name anew on
 //! every connect, so a peer that came back with another IP is found again. Snapshots go over a
-//! separate streaming call in 1 MiB chunks and their outcome is reported to raft-rs.
+//! separate streaming call, read from their file in 1 MiB chunks as the stream has room (so
+//! memory stays bounded by the chunk size, whatever the snapshot's size), and their outcome is
+//! reported to raft-rs.
 //!
 //! Messages handed to a peer's stream and messages discarded are counted per peer in the
 //! member's [`crate::RaftMetrics`] (one relaxed add per batch), snapshot transfers too.
 
 use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use parking_lot::Mutex;
+use prost::Message as _;
 use protobuf::Message as _;
 use quorumkv_common::{HostPort, TlsMaterial};
 use quorumkv_proto::raft::raft_transport_client::RaftTransportClient;
 use quorumkv_proto::raft::{MessageBatch, SnapshotChunk};
+use quorumkv_proto::storage::SnapshotDescriptor;
 use raft::eraftpb::{Message, MessageType};
+use tokio::io::AsyncReadExt;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tonic::transport::{Channel, Endpoint};
@@ -36,7 +42,7 @@ const PEER_QUEUE: usize = 1024;
 /// A batch is split into gRPC messages of at most this many bytes.
 const MAX_BATCH_BYTES: usize = 8 << 20;
 /// Snapshot chunk size.
-const SNAPSHOT_CHUNK: usize = 1 << 20;
+const SNAPSHOT_CHUNK: usize = crate::storage::snapshot::CHUNK_BYTES;
 
 /// How peers are dialled: TLS material and timeouts.
 #[derive(Clone)]
@@ -82,24 +88,29 @@ pub struct GrpcTransport {
     self_id: u64,
     group_id: u64,
     dialer: Dialer,
+    /// Where the snapshot files that raft-rs's snapshot messages name are.
+    snapshot_dir: PathBuf,
     mailbox: Mailbox,
     runtime: tokio::runtime::Handle,
     peers: Mutex<HashMap<u64, Peer>>,
 }
 
 impl GrpcTransport {
-    /// `mailbox` is the local node's, for failure reports; `runtime` runs the peer tasks.
+    /// `mailbox` is the local node's, for failure reports; `runtime` runs the peer tasks;
+    /// `snapshot_dir` is the member's snapshot directory (`DATA_DIR/snapshots`).
     pub fn new(
         self_id: u64,
         group_id: u64,
         dialer: Dialer,
         mailbox: Mailbox,
         runtime: tokio::runtime::Handle,
+        snapshot_dir: PathBuf,
     ) -> Self {
         GrpcTransport {
             self_id,
             group_id,
             dialer,
+            snapshot_dir,
             mailbox,
             runtime,
             peers: Mutex::new(HashMap::new()),
@@ -110,9 +121,10 @@ impl GrpcTransport {
         let dialer = self.dialer.clone();
         let mailbox = self.mailbox.clone();
         let group_id = self.group_id;
+        let dir = self.snapshot_dir.clone();
         self.runtime.spawn(async move {
             let to = msg.to;
-            let result = send_snapshot(&dialer, &addr, group_id, msg).await;
+            let result = send_snapshot(&dialer, &addr, group_id, &dir, msg).await;
             let metrics = mailbox.metrics();
             match &result {
                 Ok(()) => metrics.snapshots_sent.fetch_add(1, Relaxed),
@@ -315,41 +327,60 @@ async fn run_peer(
     }
 }
 
+/// Streams the snapshot file a `MsgSnapshot` names to `addr`: the message (still naming the
+/// file by its name here) on the first chunk, then the file's bytes, read as the stream has
+/// room.
 async fn send_snapshot(
     dialer: &Dialer,
     addr: &str,
     group_id: u64,
-    mut msg: Message,
+    dir: &std::path::Path,
+    msg: Message,
 ) -> Result<(), String> {
-    let data: Bytes = msg.mut_snapshot().take_data();
+    let desc = SnapshotDescriptor::decode(msg.get_snapshot().get_data())
+        .map_err(|e| format!("snapshot message without a file: {e}"))?;
+    let path = dir.join(&desc.file);
+    // Opened before the transfer starts: the file stays readable even if a newer snapshot
+    // replaces (and removes) it meanwhile.
+    let file = tokio::fs::File::open(&path)
+        .await
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    let total_len = file
+        .metadata()
+        .await
+        .map_err(|e| format!("{}: {e}", path.display()))?
+        .len();
     let header = Bytes::from(msg.write_to_bytes().map_err(|e| e.to_string())?);
-    let total_len = data.len() as u64;
-    let mut chunks = Vec::with_capacity(data.len() / SNAPSHOT_CHUNK + 1);
-    let mut offset = 0;
-    loop {
-        let end = (offset + SNAPSHOT_CHUNK).min(data.len());
-        chunks.push(SnapshotChunk {
-            group_id,
-            header: if offset == 0 {
-                header.clone()
-            } else {
-                Bytes::new()
-            },
-            data: data.slice(offset..end),
-            total_len: if offset == 0 { total_len } else { 0 },
-        });
-        offset = end;
-        if offset >= data.len() {
-            break;
-        }
-    }
+    let chunks = futures::stream::unfold(
+        (file, Some(header), total_len),
+        move |(mut file, header, left)| async move {
+            if left == 0 && header.is_none() {
+                return None;
+            }
+            let mut buf = vec![0u8; SNAPSHOT_CHUNK.min(left as usize)];
+            if let Err(e) = file.read_exact(&mut buf).await {
+                // Ending the stream early makes the receiver refuse the transfer.
+                tracing::warn!(error = %e, "reading a snapshot file to send failed");
+                return None;
+            }
+            let first = header.is_some();
+            let chunk = SnapshotChunk {
+                group_id,
+                header: header.unwrap_or_default(),
+                data: Bytes::from(buf),
+                total_len: if first { total_len } else { 0 },
+            };
+            let left = left - chunk.data.len() as u64;
+            Some((chunk, (file, None, left)))
+        },
+    );
     let channel = dialer.connect(addr).await?;
     let mut client = RaftTransportClient::new(channel)
         .max_encoding_message_size(MAX_MESSAGE_BYTES)
         .max_decoding_message_size(MAX_MESSAGE_BYTES);
     // Generous, size-proportional bound: a stuck transfer must end so raft-rs can retry.
     let limit = Duration::from_secs(30) + Duration::from_millis(total_len / 1000);
-    tokio::time::timeout(limit, client.install_snapshot(tokio_stream::iter(chunks)))
+    tokio::time::timeout(limit, client.install_snapshot(chunks))
         .await
         .map_err(|_| format!("snapshot to {addr} timed out after {limit:?}"))?
         .map_err(|s| format!("snapshot to {addr}: {s}"))?;

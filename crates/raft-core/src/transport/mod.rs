@@ -57,3 +57,42 @@ impl<T: Transport + ?Sized> Transport for std::sync::Arc<T> {
         (**self).set_members(members)
     }
 }
+
+/// Hands a `MsgSnapshot` over to a member of this process directly (in-memory transports and
+/// tests): copies the file it names from the sender's snapshot directory `from` into the
+/// receiver's `to` under an incoming name, durably, exactly as the gRPC service receives one,
+/// and returns the message naming the copy.
+pub fn hand_over_snapshot(
+    mut msg: Message,
+    from: &std::path::Path,
+    to: &std::path::Path,
+) -> Result<Message, String> {
+    use prost::Message as _;
+    use quorumkv_proto::storage::SnapshotDescriptor;
+    let desc = SnapshotDescriptor::decode(msg.get_snapshot().get_data())
+        .map_err(|e| format!("snapshot message without a file: {e}"))?;
+    let meta = msg.get_snapshot().get_metadata();
+    let name = format!(
+        "{}{:020}-{:020}-{:016x}{}",
+        crate::storage::snapshot::INCOMING_PREFIX,
+        meta.index,
+        meta.term,
+        rand::random::<u64>(),
+        crate::storage::snapshot::SUFFIX
+    );
+    let dst = to.join(&name);
+    std::fs::copy(from.join(&desc.file), &dst).map_err(|e| format!("{}: {e}", dst.display()))?;
+    std::fs::File::open(&dst)
+        .and_then(|f| f.sync_all())
+        .map_err(|e| e.to_string())?;
+    crate::storage::snapshot::sync_dir(to).map_err(|e| e.chain())?;
+    msg.mut_snapshot().set_data(
+        SnapshotDescriptor {
+            file: name,
+            size: desc.size,
+        }
+        .encode_to_vec()
+        .into(),
+    );
+    Ok(msg)
+}

@@ -185,12 +185,20 @@ impl Cluster {
     }
 
     pub async fn restart_member(&mut self, gid: u64, id: u64) {
+        self.try_restart_member(gid, id).await.unwrap();
+    }
+
+    /// Restarts a stopped member; its start may fail (a damaged data directory).
+    pub async fn try_restart_member(
+        &mut self,
+        gid: u64,
+        id: u64,
+    ) -> Result<(), quorumkv_shardkv::StartError> {
         let addr = self.groups[&gid].addrs[&id].clone();
         let l = ports::rebind(&addr).await;
-        let m = KvMember::start(self.member_options(gid, id), l)
-            .await
-            .unwrap();
+        let m = KvMember::start(self.member_options(gid, id), l).await?;
         self.groups.get_mut(&gid).unwrap().members.insert(id, m);
+        Ok(())
     }
 
     pub async fn stop_group(&mut self, gid: u64) {
