@@ -8,6 +8,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# Debian packages some tests need (strace), installed when missing.
+scripts/install-test-deps.sh
+
 profile=default
 if [ "${CI:-}" = "true" ]; then profile=ci; fi
 

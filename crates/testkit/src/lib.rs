@@ -13,6 +13,8 @@
 //!   stop/restart/add/remove of members and awaitable conditions (no fixed sleeps).
 //! - [`ports`]: loopback ports for test members, outside the kernel's ephemeral range so that
 //!   no outgoing connection can take a stopped member's port before it restarts.
+//! - [`syscalls`]: checks a syscall trace of a storage under test against the durability
+//!   rule (nothing acknowledged, nothing the log is compacted behind, left unsynced).
 //! - [`linearizability`]: a porcupine-style checker that decides, key by key, whether a
 //!   history of concurrent Get/Put/Append/Delete calls (timed-out writes included) is
 //!   linearizable, plus a thread-safe [`linearizability::History`] recorder for it.
@@ -24,6 +26,7 @@ pub mod linearizability;
 pub mod mem;
 pub mod net;
 pub mod ports;
+pub mod syscalls;
 
 pub use cluster::{ClusterOptions, TestCluster};
 pub use kv::{KvCommand, KvStateMachine};

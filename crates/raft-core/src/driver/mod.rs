@@ -844,7 +844,7 @@ impl<S: StateMachine> Driver<S> {
                         } else {
                             Err(self.not_leader())
                         };
-                        answered.push((p, result));
+                        answered.push((e.index, p, result));
                     }
                     if let Some(p) = self.requests.conf_changes.remove(&e.index) {
                         // raft-rs replaced the change by an empty entry: another change was
@@ -872,7 +872,7 @@ impl<S: StateMachine> Driver<S> {
                         self.requests.complete(p.waiter, result);
                     }
                     if let Some(p) = self.requests.proposals.remove(&e.index) {
-                        answered.push((p, Err(self.not_leader())));
+                        answered.push((e.index, p, Err(self.not_leader())));
                     }
                 }
             }
@@ -885,12 +885,14 @@ impl<S: StateMachine> Driver<S> {
             })?;
         }
         let now = Instant::now();
-        for (p, result) in answered {
+        for (index, p, result) in answered {
             observe_stages(&self.metrics, &p.stages, now);
             let metrics = self.metrics.clone();
             let waiter = p.waiter;
             self.requests.complete_with(move || {
                 metrics.proposal_stages.replied.observe_since(now);
+                // The moment a write is acknowledged (the durability test traces it).
+                tracing::trace!(index, ok = result.is_ok(), "proposal acknowledged");
                 waiter.finish(result);
             });
         }
@@ -984,6 +986,7 @@ impl<S: StateMachine> Driver<S> {
                 ));
             };
             self.log_bytes = 0;
+            tracing::info!(index = header.index, "store sync started");
             self.submit(Job::SyncStore { header, syncer });
         }
         Ok(())
