@@ -11,6 +11,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "storage.proto",
         "shardctrler.proto",
         "shardkv.proto",
+        "etcd.proto",
     ]
     .map(|f| root.join(f));
     for f in &files {

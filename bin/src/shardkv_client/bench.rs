@@ -18,6 +18,8 @@ use std::time::Duration;
 
 use hdrhistogram::Histogram;
 use quorumkv_shardkv_client::{KvClient, KvError, MAX_VALUE_BYTES};
+
+use crate::etcd::{Etcd, EtcdKv};
 use rand::{Rng, SeedableRng};
 use tokio::time::Instant;
 
@@ -49,6 +51,49 @@ pub struct BenchArgs {
     /// Run the load for this many seconds before measuring (not reported).
     #[arg(long, value_name = "SECS", default_value_t = 0.0)]
     warmup: f64,
+    /// Put the same load on an etcd cluster instead, through etcd's KV API (plaintext gRPC;
+    /// comma-separated endpoints such as `http://127.0.0.1:2379`): puts are `Put`s and gets
+    /// linearizable `Range`s. For side-by-side measurements (scripts/bench-vs-etcd.sh).
+    #[arg(long, value_name = "ENDPOINTS")]
+    etcd: Option<String>,
+}
+
+/// What a bench drives.
+pub enum Target {
+    QuorumKv(KvClient),
+    Etcd(Arc<Etcd>),
+}
+
+/// One closed-loop client of a [`Target`].
+enum Client {
+    QuorumKv(KvClient),
+    Etcd(EtcdKv),
+}
+
+impl Target {
+    fn client(&self) -> Client {
+        match self {
+            Target::QuorumKv(c) => Client::QuorumKv(c.fork()),
+            Target::Etcd(e) => Client::Etcd(e.client()),
+        }
+    }
+}
+
+impl Client {
+    /// A read; whether the key exists.
+    async fn get(&mut self, k: &[u8]) -> Result<bool, KvError> {
+        match self {
+            Client::QuorumKv(c) => c.get(k).await.map(|v| v.is_some()),
+            Client::Etcd(c) => c.get(k).await,
+        }
+    }
+
+    async fn put(&mut self, k: &[u8], v: &[u8]) -> Result<(), KvError> {
+        match self {
+            Client::QuorumKv(c) => c.put(k, v).await,
+            Client::Etcd(c) => c.put(k, v).await,
+        }
+    }
 }
 
 /// When the measured part of a run ends.
@@ -61,6 +106,8 @@ enum Stop {
 /// A validated bench plan.
 #[derive(Debug, Clone)]
 pub struct Plan {
+    /// `--etcd` endpoints, when etcd is the target.
+    pub etcd: Option<String>,
     clients: usize,
     stop: Stop,
     keys: u64,
@@ -108,6 +155,7 @@ impl BenchArgs {
             ));
         }
         Ok(Plan {
+            etcd: self.etcd.clone(),
             clients: self.clients,
             stop,
             keys: self.keys,
@@ -275,6 +323,7 @@ impl Report {
                 })
             };
             let v = serde_json::json!({
+                "target": if self.plan.etcd.is_some() { "etcd" } else { "quorumkv" },
                 "clients": self.plan.clients,
                 "keys": self.plan.keys,
                 "value_size": self.plan.value_size,
@@ -373,7 +422,7 @@ fn key(i: u64) -> Vec<u8> {
 /// `--duration` run closes (`None` with `--ops`).
 async fn client_loop(
     plan: Plan,
-    mut client: KvClient,
+    mut client: Client,
     timeout: Duration,
     measure_from: Instant,
     end: Option<Instant>,
@@ -409,7 +458,7 @@ async fn client_loop(
         // server stops answering mid-request.
         let call = async {
             let r = match op {
-                Op::Get => client.get(&k).await.map(|v| v.is_some()),
+                Op::Get => client.get(&k).await,
                 Op::Put => client.put(&k, &value).await.map(|()| true),
             };
             let at = Instant::now();
@@ -511,11 +560,13 @@ async fn progress(
     }
 }
 
-/// Runs the plan with forks of `client`, each operation bounded by `timeout`.
-pub async fn run(plan: Plan, client: KvClient, timeout: Duration) -> Report {
+/// Runs the plan with clients of `target`, each operation bounded by `timeout`.
+pub async fn run(plan: Plan, target: Target, timeout: Duration) -> Report {
     // Fetch the configuration once up front rather than from every client at once. A failure
     // here is not fatal: the clients retry, and their failures are counted.
-    let _ = tokio::time::timeout(timeout, client.refresh_config()).await;
+    if let Target::QuorumKv(client) = &target {
+        let _ = tokio::time::timeout(timeout, client.refresh_config()).await;
+    }
     let live = Arc::new(Live::default());
     let start = Instant::now();
     let measure_from = start + plan.warmup;
@@ -529,7 +580,7 @@ pub async fn run(plan: Plan, client: KvClient, timeout: Duration) -> Report {
         .map(|_| {
             tokio::spawn(client_loop(
                 plan.clone(),
-                client.fork(),
+                target.client(),
                 timeout,
                 measure_from,
                 end,

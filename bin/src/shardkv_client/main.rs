@@ -6,6 +6,7 @@
 //! finds no such key, or `bench` had no successful operation). Errors are one line on stderr.
 
 mod bench;
+mod etcd;
 mod status;
 
 use std::io::Write;
@@ -256,7 +257,13 @@ fn main() -> ExitCode {
             return run_request(req, client, cli.common.json, cli.hex).await;
         }
         if let Some(plan) = bench {
-            let report = bench::run(plan, client, timeout).await;
+            let target = match &plan.etcd {
+                Some(endpoints) => {
+                    bench::Target::Etcd(etcd::Etcd::connect(endpoints).map_err(Failure::Error)?)
+                }
+                None => bench::Target::QuorumKv(client),
+            };
+            let report = bench::run(plan, target, timeout).await;
             emit(&report.render(cli.common.json));
             return if report.succeeded() == 0 {
                 Err(Failure::Error(

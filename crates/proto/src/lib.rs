@@ -26,3 +26,9 @@ pub mod shardctrler {
 pub mod shardkv {
     tonic::include_proto!("quorumkv.shardkv");
 }
+
+/// A client-side subset of etcd v3's KV API, for side-by-side benchmarks
+/// (`proto/etcd.proto`).
+pub mod etcd {
+    tonic::include_proto!("etcdserverpb");
+}
