@@ -46,9 +46,14 @@ pub struct NodeConfig {
     pub election_tick_spread: usize,
     /// Seed of the ids this member gives its proposals (random when `None`; tests fix it).
     pub proposal_id_seed: Option<u64>,
-    /// Take a snapshot and compact the log once the entries since the last snapshot exceed this
-    /// many bytes.
+    /// Compact the log once the entries applied since the last compaction exceed this many
+    /// bytes (after syncing the state machine's own store, or writing a snapshot file of an
+    /// in-memory one). The log's files are sized from it (see `storage::LogOptions`).
     pub snapshot_log_bytes: u64,
+    /// Fill the log's recycling pool with zeros when it is first created (about 3 ×
+    /// `snapshot_log_bytes` of disk), so that log appends overwrite written blocks and each
+    /// fdatasync is cheaper. Tests turn it off to save disk and time.
+    pub log_prefill: bool,
     /// Entries kept in the log behind a snapshot, so a briefly lagging follower catches up by
     /// appends rather than by a full snapshot.
     pub keep_entries_after_snapshot: u64,
@@ -78,7 +83,8 @@ impl NodeConfig {
             heartbeat_tick: 2,
             election_tick_spread: 10,
             proposal_id_seed: None,
-            snapshot_log_bytes: 64 << 20,
+            snapshot_log_bytes: 16 << 20,
+            log_prefill: true,
             keep_entries_after_snapshot: 1_000,
             max_size_per_msg: 1 << 20,
             max_inflight_msgs: 256,

@@ -64,6 +64,7 @@ impl Ctl {
         raft.tick_interval = Duration::from_millis(20);
         raft.request_timeout = Duration::from_secs(3);
         raft.snapshot_log_bytes = 2048;
+        raft.log_prefill = false;
         raft.keep_entries_after_snapshot = 5;
         raft.members = self.addrs.iter().map(|(i, a)| (*i, a.clone())).collect();
         MemberOptions {

@@ -94,6 +94,7 @@ impl TestCluster {
         let mut cfg = NodeConfig::new(id, self.group_id, self.dir.path().join(format!("n{id}")));
         cfg.tick_interval = Duration::from_millis(20);
         cfg.request_timeout = Duration::from_secs(3);
+        cfg.log_prefill = false;
         (self.opts.tweak)(&mut cfg);
         cfg
     }

@@ -8,6 +8,8 @@
 //!   (fsync or fdatasync, completed), and so has every directory entry made there or in the
 //!   data directory itself (fsync of the directory);
 //! - a file renamed into place was fsynced before the rename (write, sync, rename);
+//! - raft-engine's rewrite-queue files (copies of live records, made when old log files are
+//!   purged) are fsynced before a log file is removed or recycled;
 //! - when a log write names a snapshot file (`snap-….qks`, `incoming-….qks`: a base record
 //!   the member restarts from), that file is fsynced, and its directory entry too;
 //! - between `store sync started` and the next `log compacted`, every file of the state
@@ -117,7 +119,11 @@ impl Checker<'_> {
                 continue;
             }
             let logged = self.in_any(p, self.rule.log_dirs);
-            if let Some(since) = st.unsynced_since.filter(|_| logged) {
+            // raft-engine's rewrite queue holds copies (made when it purges old files) of
+            // records that stay in their original files until the copies are synced
+            // (`purging`).
+            let copy = p.to_string_lossy().ends_with(".rewrite");
+            if let Some(since) = st.unsynced_since.filter(|_| logged && !copy) {
                 found.push(format!(
                     "acknowledged while {} had unsynced writes (the first: {}): {line}",
                     p.display(),
@@ -127,7 +133,13 @@ impl Checker<'_> {
             // Entries of log files, and of the data directory's own subdirectories; those of
             // snapshot files matter once a log record names them (`references`).
             let top = p.parent() == Some(self.rule.root);
-            let log_file = logged && !p.to_string_lossy().contains("/snapshots/");
+            // A log file's entry; not a snapshot file's, nor the rewrite queue's or the
+            // recycling pool's (which hold nothing an acknowledgement needs).
+            let name = p.to_string_lossy();
+            let log_file = logged
+                && !name.contains("/snapshots/")
+                && !name.ends_with(".rewrite")
+                && !name.ends_with(".reserved");
             if let Some(since) = st.entry_unsynced_since.filter(|_| top || log_file) {
                 found.push(format!(
                     "acknowledged while the directory entry of {} was unsynced (made: {}): \
@@ -135,6 +147,28 @@ impl Checker<'_> {
                     p.display(),
                     self.line(since)
                 ));
+            }
+        }
+        self.r.violations.extend(found);
+    }
+
+    /// A log file is removed or recycled (a purge): the copies of its live records must be
+    /// durable first.
+    fn purging(&mut self, p: &Path, line: &str) {
+        if !self.in_any(p, self.rule.log_dirs) || !p.to_string_lossy().ends_with(".raftlog") {
+            return;
+        }
+        let mut found = Vec::new();
+        for (f, st) in &self.files {
+            if f.to_string_lossy().ends_with(".rewrite") {
+                if let Some(since) = st.unsynced_since {
+                    found.push(format!(
+                        "{} purged while the rewrite copy {} was unsynced (since: {}): {line}",
+                        p.display(),
+                        f.display(),
+                        self.line(since)
+                    ));
+                }
             }
         }
         self.r.violations.extend(found);
@@ -300,6 +334,7 @@ pub fn check(trace: &str, rule: &Rule) -> Report {
             }
             "rename" | "renameat" | "renameat2" => {
                 if let [from, to, ..] = string_paths(args).as_slice() {
+                    c.purging(from, line);
                     if c.under(to) {
                         let st = c.files.remove(from).unwrap_or_default();
                         if let Some(s) = st.unsynced_since {
@@ -323,6 +358,7 @@ pub fn check(trace: &str, rule: &Rule) -> Report {
             }
             "unlink" | "unlinkat" => {
                 if let Some(p) = string_paths(args).into_iter().next() {
+                    c.purging(&p, line);
                     c.files.remove(&p);
                 }
             }

@@ -136,7 +136,11 @@ impl<S: StateMachine> Driver<S> {
             crate::Bootstrap::NewGroup => Some(book.keys().copied().collect()),
             crate::Bootstrap::Join => None,
         };
-        let mut log = LogStore::open(&cfg.data_dir, bootstrap, &book)?;
+        let opts = crate::storage::LogOptions {
+            prefill: cfg.log_prefill,
+            ..crate::storage::LogOptions::for_compaction_every(cfg.snapshot_log_bytes)
+        };
+        let mut log = LogStore::open_with(&cfg.data_dir, bootstrap, &book, opts)?;
         let base = log.base().clone();
         let durability = sm.read().durability();
         let persisted = sm.read().persisted_index();

@@ -130,7 +130,7 @@ fn decode_snapshot_data(mut b: &[u8]) -> Option<(BTreeMap<u64, String>, Vec<u8>)
 }
 
 /// Upgrades `data_dir` from format 1 into a new log at `log_dir` (see the module docs).
-pub fn upgrade(data_dir: &Path, log_dir: &Path) -> Result<()> {
+pub fn upgrade(data_dir: &Path, log_dir: &Path, opts: super::log::LogOptions) -> Result<()> {
     tracing::info!(dir = %data_dir.display(), "upgrading the Raft log from format 1 (sled) to format {FORMAT_VERSION} (raft-engine)");
     let old = read(data_dir)?;
     let snap_dir = data_dir.join(SNAPSHOT_DIR);
@@ -154,7 +154,7 @@ pub fn upgrade(data_dir: &Path, log_dir: &Path) -> Result<()> {
         std::fs::remove_dir_all(&tmp).map_err(|e| RaftError::storage_io(&tmp, e))?;
     }
     {
-        let engine = open_engine(&tmp)?;
+        let engine = open_engine(&tmp, opts)?;
         let mut batch = LogBatch::default();
         super::log::write_upgraded(
             &mut batch,

@@ -34,11 +34,44 @@ pub const FORMAT_VERSION: u32 = 2;
 pub const LOG_DIR: &str = "raft-log";
 /// Snapshot files' directory inside the data directory.
 pub const SNAPSHOT_DIR: &str = "snapshots";
-/// raft-engine rotates its files at this size and recycles purged ones.
-const LOG_FILE_BYTES: u64 = 32 << 20;
-/// Purging (deleting or recycling files whose entries were all compacted) starts once the
-/// log's files hold more than this.
-const PURGE_THRESHOLD_BYTES: u64 = 128 << 20;
+/// How the log engine lays out its files.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LogOptions {
+    /// raft-engine rotates its files at this size and recycles purged ones.
+    pub file_bytes: u64,
+    /// Purging (recycling or deleting files whose entries were all compacted) starts once the
+    /// log's files hold more than this.
+    pub purge_bytes: u64,
+    /// Write the recycling pool's files (1.5 × `purge_bytes`) full of zeros when the log is
+    /// first opened, so that appends overwrite written blocks: an `fdatasync` after an
+    /// overwrite does not have to convert the file system's unwritten extents (measured here:
+    /// 0.13 ms instead of 0.25 ms).
+    pub prefill: bool,
+}
+
+impl Default for LogOptions {
+    /// Small files, no prefill (tests and tools).
+    fn default() -> Self {
+        LogOptions {
+            file_bytes: 1 << 20,
+            purge_bytes: 4 << 20,
+            prefill: false,
+        }
+    }
+}
+
+impl LogOptions {
+    /// The layout for a member that compacts its log every `compact_bytes`: files of half
+    /// that, purged once they hold twice that (so a purge seldom has live entries to copy).
+    pub fn for_compaction_every(compact_bytes: u64) -> Self {
+        let file_bytes = (compact_bytes / 2).clamp(1 << 20, 64 << 20);
+        LogOptions {
+            file_bytes,
+            purge_bytes: (compact_bytes * 2).max(file_bytes * 4),
+            prefill: true,
+        }
+    }
+}
 
 /// raft-rs entries as raft-engine messages.
 struct EntryMsg;
@@ -152,13 +185,23 @@ impl LogStore {
         bootstrap: Option<Vec<u64>>,
         members: &BTreeMap<u64, String>,
     ) -> Result<Self> {
+        Self::open_with(data_dir, bootstrap, members, LogOptions::default())
+    }
+
+    /// [`LogStore::open`] with the engine's file layout.
+    pub fn open_with(
+        data_dir: &Path,
+        bootstrap: Option<Vec<u64>>,
+        members: &BTreeMap<u64, String>,
+        opts: LogOptions,
+    ) -> Result<Self> {
         let snap_dir = data_dir.join(SNAPSHOT_DIR);
         std::fs::create_dir_all(&snap_dir).map_err(|e| RaftError::storage_io(&snap_dir, e))?;
         let log_dir = data_dir.join(LOG_DIR);
         if !log_dir.exists() && super::legacy_sled::exists(data_dir) {
-            super::legacy_sled::upgrade(data_dir, &log_dir)?;
+            super::legacy_sled::upgrade(data_dir, &log_dir, opts)?;
         }
-        let engine = Arc::new(open_engine(&log_dir)?);
+        let engine = Arc::new(open_engine(&log_dir, opts)?);
         let mut s = LogStore {
             engine,
             data_dir: data_dir.to_path_buf(),
@@ -609,11 +652,13 @@ fn put(batch: &mut LogBatch, key: &[u8], m: &impl prost::Message) -> Result<()> 
 /// Opens raft-engine in `dir` and makes its files and their directory entries durable: the
 /// engine syncs its directory whenever it creates a file later, but not for the first files,
 /// and writes the header of the first rewrite-queue file without a sync (seen with strace).
-pub(super) fn open_engine(dir: &Path) -> Result<Engine> {
+pub(super) fn open_engine(dir: &Path, opts: LogOptions) -> Result<Engine> {
     let cfg = raft_engine::Config {
         dir: dir.display().to_string(),
-        target_file_size: ReadableSize(LOG_FILE_BYTES),
-        purge_threshold: ReadableSize(PURGE_THRESHOLD_BYTES),
+        target_file_size: ReadableSize(opts.file_bytes),
+        purge_threshold: ReadableSize(opts.purge_bytes),
+        prefill_for_recycle: opts.prefill,
+        prefill_limit: opts.prefill.then_some(ReadableSize(opts.purge_bytes)),
         // Entries are state machine commands; compressing them costs CPU on the write path
         // for little space (the log is compacted regularly).
         batch_compression_threshold: ReadableSize(0),

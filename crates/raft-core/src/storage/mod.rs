@@ -55,7 +55,9 @@ mod legacy_sled;
 mod log;
 pub mod snapshot;
 
-pub use log::{Base, LogStore, SendableSnapshot, BOOTSTRAP_INDEX, LOG_DIR, SNAPSHOT_DIR};
+pub use log::{
+    Base, LogOptions, LogStore, SendableSnapshot, BOOTSTRAP_INDEX, LOG_DIR, SNAPSHOT_DIR,
+};
 pub use snapshot::{SnapshotFileReader, SnapshotFileWriter};
 
 #[cfg(test)]

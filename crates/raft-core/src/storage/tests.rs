@@ -340,7 +340,8 @@ fn a_log_in_an_unknown_format_is_refused_with_what_to_do() {
     let dir = tempfile::tempdir().unwrap();
     drop(fixture(dir.path(), 5));
     {
-        let engine = super::log::open_engine(&dir.path().join("raft-log")).unwrap();
+        let engine =
+            super::log::open_engine(&dir.path().join("raft-log"), Default::default()).unwrap();
         let mut b = raft_engine::LogBatch::default();
         b.put(
             1,

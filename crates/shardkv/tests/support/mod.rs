@@ -55,6 +55,7 @@ fn fast(cfg: &mut NodeConfig, opts: &Opts) {
     cfg.tick_interval = Duration::from_millis(20);
     cfg.request_timeout = Duration::from_secs(3);
     cfg.snapshot_log_bytes = opts.snapshot_log_bytes;
+    cfg.log_prefill = false;
     cfg.keep_entries_after_snapshot = 50;
 }
 
