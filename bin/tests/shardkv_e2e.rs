@@ -374,9 +374,40 @@ fn binaries_refuse_bad_flags_with_one_line() {
     }
     let big = "k".repeat(quorumkv_shardkv_client::MAX_KEY_BYTES + 1);
     assert_eq!(client(&["get", &big]).status.code(), Some(2));
-    // Nothing listens there: a bounded failure, one line, exit 1.
-    let err = one_line_error(&client(&["--timeout", "1", "get", "k"]), 1);
+    assert_eq!(
+        client(&["put", "", "v"]).status.code(),
+        Some(2),
+        "empty key"
+    );
+    assert_eq!(
+        client(&["--timeout", "5x", "get", "k"]).status.code(),
+        Some(2)
+    );
+    // Nothing listens there: a failure bounded by --timeout (configuration lookup included),
+    // one line, exit 1.
+    let started = std::time::Instant::now();
+    let err = one_line_error(&client(&["--timeout", "1s", "get", "k"]), 1);
     assert!(err.starts_with("shardkv-client: error: "), "{err}");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        started.elapsed()
+    );
+    // A missing TLS file: named once, with the OS's reason once.
+    let out = Command::new(KV_CLIENT)
+        .args([
+            "--ctrlers",
+            "127.0.0.1:1",
+            "--tls-ca",
+            "/nonexistent/ca.pem",
+        ])
+        .args(&tls[2..])
+        .args(["get", "k"])
+        .output()
+        .unwrap();
+    let err = one_line_error(&out, 1);
+    assert_eq!(err.matches("No such file or directory").count(), 1, "{err}");
+    assert!(err.contains("/nonexistent/ca.pem"), "{err}");
     // The bench reports its failures and exits 1 when nothing succeeded (its progress lines
     // precede the error on stderr).
     let out = client(&["--timeout", "1", "bench", "--ops", "3"]);

@@ -40,7 +40,7 @@ Flags override the environment, which overrides the file.";
 const EXAMPLES: &str = "\
 Example (three members on one machine):
   shardctrler-server --id 1 --cluster 1=localhost:7101,2=localhost:7102,3=localhost:7103 \\
-      --data-dir /tmp/ctl1 --tls-ca certs/ca.pem --tls-cert certs/node.pem --tls-key certs/node-key.pem\n\nHealth check (for images without curl; exit 0 when the URL answers 2xx, else 1):\n  shardctrler-server probe http://127.0.0.1:8101/health/ready [--timeout SECS]";
+      --data-dir /tmp/ctl1 --tls-ca certs/ca.pem --tls-cert certs/node.pem --tls-key certs/node-key.pem\n\nHealth check (for images without curl; exit 0 when the URL answers 2xx, else 1):\n  shardctrler-server probe http://127.0.0.1:8101/health/ready [--timeout 2s]";
 
 /// Flags of `shardctrler-server`.
 #[derive(Debug, Parser)]

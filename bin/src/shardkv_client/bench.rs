@@ -17,6 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use hdrhistogram::Histogram;
+use quorumkv_bin::parse_duration;
 use quorumkv_shardkv_client::{KvClient, KvError, MAX_VALUE_BYTES};
 use rand::{Rng, SeedableRng};
 use tokio::time::Instant;
@@ -30,9 +31,10 @@ pub struct BenchArgs {
     /// Concurrent clients, each issuing one operation at a time.
     #[arg(long, default_value_t = 64)]
     clients: usize,
-    /// Measure for this many seconds (after the warm-up). Default 10 unless --ops is given.
-    #[arg(long, value_name = "SECS", conflicts_with = "ops")]
-    duration: Option<f64>,
+    /// Measure for this long (after the warm-up): `10s`, `2m`, `500ms`, or bare seconds.
+    /// Default 10 s unless --ops is given.
+    #[arg(long, value_name = "DURATION", conflicts_with = "ops", value_parser = parse_duration)]
+    duration: Option<Duration>,
     /// Measure this many operations (after the warm-up) instead of a fixed duration.
     #[arg(long, value_name = "N")]
     ops: Option<u64>,
@@ -46,9 +48,9 @@ pub struct BenchArgs {
     /// puts.
     #[arg(long, default_value_t = 0.5, value_name = "0..1")]
     read_ratio: f64,
-    /// Run the load for this many seconds before measuring (not reported).
-    #[arg(long, value_name = "SECS", default_value_t = 0.0)]
-    warmup: f64,
+    /// Run the load this long before measuring (not reported): `5s`, `1m`, or bare seconds.
+    #[arg(long, value_name = "DURATION", default_value = "0s", value_parser = parse_duration)]
+    warmup: Duration,
 }
 
 /// When the measured part of a run ends.
@@ -69,14 +71,6 @@ pub struct Plan {
     warmup: Duration,
 }
 
-fn seconds(v: f64, flag: &str, allow_zero: bool) -> Result<Duration, String> {
-    if v.is_finite() && (v > 0.0 || (allow_zero && v == 0.0)) && v < 1e9 {
-        Ok(Duration::from_secs_f64(v))
-    } else {
-        Err(format!("{flag} {v} must be a positive number of seconds"))
-    }
-}
-
 impl BenchArgs {
     /// Checks every flag and names the one that is wrong.
     pub fn validate(&self) -> Result<Plan, String> {
@@ -89,7 +83,8 @@ impl BenchArgs {
         let stop = match (self.duration, self.ops) {
             (_, Some(0)) => return Err("--ops must be at least 1".into()),
             (_, Some(n)) => Stop::Ops(n),
-            (Some(d), None) => Stop::After(seconds(d, "--duration", false)?),
+            (Some(d), None) if d.is_zero() => return Err("--duration must be positive".into()),
+            (Some(d), None) => Stop::After(d),
             (None, None) => Stop::After(Duration::from_secs(10)),
         };
         if self.keys == 0 {
@@ -113,7 +108,7 @@ impl BenchArgs {
             keys: self.keys,
             value_size: self.value_size,
             read_ratio: self.read_ratio,
-            warmup: seconds(self.warmup, "--warmup", true)?,
+            warmup: self.warmup,
         })
     }
 }
@@ -591,6 +586,12 @@ mod tests {
         assert_eq!(p.clients, 64);
         assert!(matches!(p.stop, Stop::After(d) if d == Duration::from_secs(10)));
         assert!(matches!(plan(&["--ops", "5"]).unwrap().stop, Stop::Ops(5)));
+        let p = plan(&["--duration", "5s", "--warmup", "500ms"]).unwrap();
+        assert!(matches!(p.stop, Stop::After(d) if d == Duration::from_secs(5)));
+        assert_eq!(p.warmup, Duration::from_millis(500));
+        assert!(
+            matches!(plan(&["--duration", "2"]).unwrap().stop, Stop::After(d) if d == Duration::from_secs(2))
+        );
         for bad in [
             &["--clients", "0"][..],
             &["--read-ratio", "1.5"],

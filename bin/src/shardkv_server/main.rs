@@ -39,7 +39,7 @@ Example (group 1, three members on one machine):
   shardkv-server --gid 1 --id 1 --cluster 1=localhost:7201,2=localhost:7202,3=localhost:7203 \\
       --ctrlers localhost:7101,localhost:7102,localhost:7103 --data-dir /tmp/g1-1 \\
       --tls-ca certs/ca.pem --tls-cert certs/node.pem --tls-key certs/node-key.pem
-  shardctrler-client join 1=localhost:7201,localhost:7202,localhost:7203\n\nHealth check (for images without curl; exit 0 when the URL answers 2xx, else 1):\n  shardkv-server probe http://127.0.0.1:8201/health/ready [--timeout SECS]";
+  shardctrler-client join 1=localhost:7201,localhost:7202,localhost:7203\n\nHealth check (for images without curl; exit 0 when the URL answers 2xx, else 1):\n  shardkv-server probe http://127.0.0.1:8201/health/ready [--timeout 2s]";
 
 /// Flags of `shardkv-server`.
 #[derive(Debug, Parser)]

@@ -31,12 +31,13 @@ pub enum CommonError {
     /// this error in their own "invalid argument" add that prefix once.)
     #[error("{0}")]
     InvalidArgument(String),
-    /// A file could not be read or written.
-    #[error("{path}: {source}")]
+    /// A file could not be read or written. The OS's reason is part of the message and
+    /// deliberately not a `source()`: error reporters that print the chain (anyhow's `{:#}`)
+    /// would otherwise print it twice.
+    #[error("{path}: {reason}")]
     Io {
         path: String,
-        #[source]
-        source: std::io::Error,
+        reason: std::io::Error,
     },
     /// Certificate generation or parsing failed.
     #[error("certificate error: {0}")]
@@ -44,10 +45,10 @@ pub enum CommonError {
 }
 
 impl CommonError {
-    pub(crate) fn io(path: &std::path::Path, source: std::io::Error) -> Self {
+    pub(crate) fn io(path: &std::path::Path, reason: std::io::Error) -> Self {
         CommonError::Io {
             path: path.display().to_string(),
-            source,
+            reason,
         }
     }
 }

@@ -280,9 +280,22 @@ impl CtrlerClient {
     /// Configuration `num`, or the latest for `None` (or for a number not reached yet). A
     /// linearizable read: it reflects every change acknowledged before the call.
     pub async fn query(&self, num: Option<u64>) -> Result<Config, ClientError> {
+        self.query_within(num, self.timeout).await
+    }
+
+    /// [`CtrlerClient::query`] with its own deadline instead of the client's (a caller with a
+    /// shorter deadline of its own, such as the key/value client, bounds its lookups by it).
+    pub async fn query_within(
+        &self,
+        num: Option<u64>,
+        timeout: Duration,
+    ) -> Result<Config, ClientError> {
         let req = pb::QueryRequest { num };
         let config = self
-            .call(|mut c, t| async move { c.query(with_timeout(req, t)).await })
+            .call_within(timeout, ATTEMPT_TIMEOUT, |channel, t| {
+                let mut c = ShardCtrlerClient::new(channel);
+                async move { c.query(with_timeout(req, t)).await }
+            })
             .await?
             .into_inner()
             .config
@@ -333,8 +346,23 @@ impl CtrlerClient {
         A: Fn(Channel, Duration) -> F,
         F: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
     {
+        self.call_within(self.timeout, attempt_timeout, attempt)
+            .await
+    }
+
+    /// [`CtrlerClient::call_with`] bounded by `timeout` instead of the client's deadline.
+    async fn call_within<T, A, F>(
+        &self,
+        timeout: Duration,
+        attempt_timeout: Duration,
+        attempt: A,
+    ) -> Result<tonic::Response<T>, ClientError>
+    where
+        A: Fn(Channel, Duration) -> F,
+        F: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
         let started = Instant::now();
-        let deadline = started + self.timeout;
+        let deadline = started + timeout;
         let mut rotation = self
             .addrs
             .iter()
@@ -352,7 +380,7 @@ impl CtrlerClient {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 return Err(ClientError::Timeout {
-                    after: self.timeout,
+                    after: timeout,
                     last_error,
                 });
             }

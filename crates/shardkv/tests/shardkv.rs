@@ -450,7 +450,22 @@ async fn limits_deletes_and_exactly_once() {
         config_num: n,
     };
     raw.append(req.clone()).await.unwrap();
-    raw.append(req).await.unwrap();
+    raw.append(req.clone()).await.unwrap();
     assert_eq!(kv.get(b"once").await.unwrap().as_deref(), Some(&b"x"[..]));
+    // An empty key is refused by the server too, for clients that skip the library's check.
+    let empty = pb::PutRequest {
+        key: bytes::Bytes::new(),
+        ..req
+    };
+    let refused = raw.put(empty).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument, "{refused:?}");
+    assert!(
+        refused.message().contains("the key is empty"),
+        "{refused:?}"
+    );
+    assert!(matches!(
+        kv.get(b"").await,
+        Err(KvError::InvalidArgument(_))
+    ));
     c.shutdown().await;
 }
