@@ -143,6 +143,18 @@ fn cli_drives_a_three_member_controller() {
     // Join (retried by the client until a leader is elected), then the table shows the groups.
     let out = ok(&env.cli(&["join", "1=a:7001,b:7001,c:7001", "2=d:7001,e:7001"]));
     assert_eq!(out.trim(), "configuration 1");
+    // Joining again with the same servers (in any order) changes nothing and succeeds; with
+    // other servers it is refused.
+    let again = ok(&env.cli(&["join", "1=c:7001,a:7001,B:7001"]));
+    assert_eq!(
+        again.trim(),
+        "configuration 1\ngroup 1 was already joined with these servers: unchanged"
+    );
+    let err = one_line_error(&env.cli(&["join", "2=d:7001,x:7001"]), 1);
+    assert!(
+        err.contains("group 2 is already in configuration 1 with other servers"),
+        "{err}"
+    );
     let table = ok(&env.cli(&["query"]));
     assert!(
         table.contains("configuration 1: 16 shards, 2 groups"),

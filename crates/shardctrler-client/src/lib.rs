@@ -90,6 +90,28 @@ impl Config {
     }
 }
 
+/// What [`CtrlerClient::ensure_joined`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Joined {
+    /// The configuration that has every group: the one the join created, or the latest when
+    /// nothing needed joining.
+    pub num: u64,
+    /// The gids this call joined.
+    pub joined: Vec<u64>,
+    /// The gids that were already in with the same servers (left unchanged).
+    pub already: Vec<u64>,
+}
+
+/// Whether two server lists name the same servers (order and host-name case aside).
+fn same_servers(a: &[String], b: &[String]) -> bool {
+    let norm = |l: &[String]| {
+        let mut v: Vec<String> = l.iter().map(|s| s.trim().to_ascii_lowercase()).collect();
+        v.sort();
+        v
+    };
+    norm(a) == norm(b)
+}
+
 /// Why a call failed, named by what the caller should do.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ClientError {
@@ -197,6 +219,61 @@ impl CtrlerClient {
             })
             .await;
         Ok(reply?.into_inner().num)
+    }
+
+    /// Makes every group of `groups` part of the configuration, idempotently: joins those the
+    /// latest configuration lacks (in one `join`), and leaves alone those it already has with
+    /// the same servers (compared as sets, host names case-insensitively). A gid already in
+    /// with other servers is refused ([`ClientError::InvalidArgument`]) and nothing changes.
+    /// Meant for callers that declare their groups and apply the declaration on every start
+    /// (Compose, the Kubernetes join Job, the demo): calling it again is a no-op.
+    pub async fn ensure_joined(
+        &self,
+        groups: BTreeMap<u64, Vec<String>>,
+    ) -> Result<Joined, ClientError> {
+        let mut raced = false;
+        loop {
+            let config = self.query(None).await?;
+            let mut missing = BTreeMap::new();
+            let mut already = Vec::new();
+            for (gid, servers) in &groups {
+                match config.groups.get(gid) {
+                    Some(have) if same_servers(have, servers) => already.push(*gid),
+                    Some(have) => {
+                        return Err(ClientError::InvalidArgument(format!(
+                            "group {gid} is already in configuration {} with other servers \
+                             ({}); `leave` it first, or record its servers with set-servers",
+                            config.num,
+                            have.join(",")
+                        )))
+                    }
+                    None => {
+                        missing.insert(*gid, servers.clone());
+                    }
+                }
+            }
+            if missing.is_empty() {
+                return Ok(Joined {
+                    num: config.num,
+                    joined: Vec::new(),
+                    already,
+                });
+            }
+            let joined: Vec<u64> = missing.keys().copied().collect();
+            match self.join(missing).await {
+                Ok(num) => {
+                    return Ok(Joined {
+                        num,
+                        joined,
+                        already,
+                    })
+                }
+                // Someone else joined one of them between our query and our join: look again
+                // (once; a refusal that persists is returned).
+                Err(ClientError::InvalidArgument(_)) if !raced => raced = true,
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     /// Removes groups and returns the new configuration's number.
