@@ -407,6 +407,15 @@ impl RaftMember {
             bail!("--data-dir is empty");
         }
         let tls = f.tls.load().context("TLS files")?;
+        match tls.role().context("--tls-cert")? {
+            // No role: a certificate from before roles, which peers treat as a node's.
+            Some(quorumkv_common::Role::Node) | None => {}
+            Some(other) => bail!(
+                "--tls-cert {} is a {other} certificate; a server needs a node certificate \
+                 (quorumkv-certs issue NAME --role node --san HOST,...)",
+                f.tls.cert.display()
+            ),
+        }
         Ok(RaftMember {
             id: f.id,
             members,

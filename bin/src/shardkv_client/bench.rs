@@ -124,6 +124,8 @@ enum Op {
 pub struct Errors {
     timeout: u64,
     invalid_argument: u64,
+    permission_denied: u64,
+    tls: u64,
     internal: u64,
 }
 
@@ -132,17 +134,21 @@ impl Errors {
         match e {
             KvError::Timeout { .. } => self.timeout += 1,
             KvError::InvalidArgument(_) => self.invalid_argument += 1,
+            KvError::PermissionDenied(_) => self.permission_denied += 1,
+            KvError::Tls(_) => self.tls += 1,
             KvError::Internal(_) => self.internal += 1,
         }
     }
 
     fn total(&self) -> u64 {
-        self.timeout + self.invalid_argument + self.internal
+        self.timeout + self.invalid_argument + self.permission_denied + self.tls + self.internal
     }
 
     fn add(&mut self, o: &Errors) {
         self.timeout += o.timeout;
         self.invalid_argument += o.invalid_argument;
+        self.permission_denied += o.permission_denied;
+        self.tls += o.tls;
         self.internal += o.internal;
     }
 
@@ -151,6 +157,8 @@ impl Errors {
             "total": self.total(),
             "timeout": self.timeout,
             "invalid_argument": self.invalid_argument,
+            "permission_denied": self.permission_denied,
+            "tls": self.tls,
             "internal": self.internal,
         })
     }
@@ -325,8 +333,12 @@ impl Report {
         );
         let _ = writeln!(
             out,
-            "errors:     {} timeout, {} invalid argument, {} internal",
-            all.errors.timeout, all.errors.invalid_argument, all.errors.internal
+            "errors:     {} timeout, {} invalid argument, {} permission denied, {} TLS, {} internal",
+            all.errors.timeout,
+            all.errors.invalid_argument,
+            all.errors.permission_denied,
+            all.errors.tls,
+            all.errors.internal
         );
         for s in &all.samples {
             let _ = writeln!(out, "  e.g. {s}");

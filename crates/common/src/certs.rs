@@ -1,17 +1,21 @@
-//! Certificate generation with `rcgen`: a cluster CA, and node or client certificates it signs.
+//! Certificate generation with `rcgen`: a cluster CA, and the node, client and admin
+//! certificates it signs.
 //!
-//! Every leaf gets both ServerAuth and ClientAuth, because a node is a server to its clients and
-//! a client to its peers. Subject alternative names are the DNS names (or IPs) that others use to
-//! dial the holder; `localhost` and `127.0.0.1` are the usual ones for local clusters, and in
-//! Kubernetes every pod's stable FQDN.
+//! Every leaf carries its [`Role`] as a URI subject alternative name (see [`crate::auth`]).
+//! Node certificates get both ServerAuth and ClientAuth, because a node is a server to its
+//! clients and a client to its peers, and need the DNS names (or IPs) others dial the node by:
+//! `localhost` and `127.0.0.1` for local clusters, every pod's stable FQDN in Kubernetes.
+//! Client and admin certificates get ClientAuth only, so that no client can pose as a server,
+//! and need no DNS name.
 
 use std::path::Path;
 
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
-    Issuer, KeyPair, KeyUsagePurpose,
+    Issuer, KeyPair, KeyUsagePurpose, SanType,
 };
 
+use crate::auth::Role;
 use crate::CommonError;
 
 fn cert_err(e: rcgen::Error) -> CommonError {
@@ -73,15 +77,44 @@ impl Ca {
         &self.pem
     }
 
-    /// Issues a leaf certificate for `common_name`, valid for the given DNS names / IPs.
-    pub fn issue(&self, common_name: &str, sans: &[String]) -> Result<Pem, CommonError> {
-        if sans.is_empty() {
+    /// Issues a leaf certificate of `role` for `common_name`, valid for the given DNS names /
+    /// IPs (at least one for a node; none needed for a client or admin).
+    pub fn issue(
+        &self,
+        common_name: &str,
+        role: Role,
+        sans: &[String],
+    ) -> Result<Pem, CommonError> {
+        if role == Role::Node && sans.is_empty() {
             return Err(CommonError::InvalidArgument(format!(
-                "certificate {common_name:?} needs at least one DNS name or IP"
+                "node certificate {common_name:?} needs at least one DNS name or IP"
             )));
         }
+        let uri = rcgen::string::Ia5String::try_from(role.uri()).map_err(cert_err)?;
+        self.leaf(common_name, sans, Some(uri), role == Role::Node)
+    }
+
+    /// Issues a certificate as versions before roles did: no role, server and client use.
+    /// Servers treat it as a node certificate ([`crate::auth`]); only for tests of that
+    /// compatibility.
+    pub fn issue_without_role(
+        &self,
+        common_name: &str,
+        sans: &[String],
+    ) -> Result<Pem, CommonError> {
+        self.leaf(common_name, sans, None, true)
+    }
+
+    fn leaf(
+        &self,
+        common_name: &str,
+        sans: &[String],
+        role_uri: Option<rcgen::string::Ia5String>,
+        server: bool,
+    ) -> Result<Pem, CommonError> {
         let key = KeyPair::generate().map_err(cert_err)?;
         let mut params = CertificateParams::new(sans.to_vec()).map_err(cert_err)?;
+        params.subject_alt_names.extend(role_uri.map(SanType::URI));
         let mut dn = DistinguishedName::new();
         dn.push(DnType::CommonName, common_name);
         params.distinguished_name = dn;
@@ -89,10 +122,14 @@ impl Ca {
             KeyUsagePurpose::DigitalSignature,
             KeyUsagePurpose::KeyEncipherment,
         ];
-        params.extended_key_usages = vec![
-            ExtendedKeyUsagePurpose::ServerAuth,
-            ExtendedKeyUsagePurpose::ClientAuth,
-        ];
+        params.extended_key_usages = if server {
+            vec![
+                ExtendedKeyUsagePurpose::ServerAuth,
+                ExtendedKeyUsagePurpose::ClientAuth,
+            ]
+        } else {
+            vec![ExtendedKeyUsagePurpose::ClientAuth]
+        };
         let cert = params.signed_by(&key, &self.issuer).map_err(cert_err)?;
         Ok(Pem {
             cert: cert.pem(),
@@ -130,12 +167,20 @@ mod tests {
     fn issues_leaves_from_new_and_reloaded_ca() {
         let ca = Ca::generate("test-ca").unwrap();
         let leaf = ca
-            .issue("node-1", &["localhost".into(), "127.0.0.1".into()])
+            .issue(
+                "node-1",
+                Role::Node,
+                &["localhost".into(), "127.0.0.1".into()],
+            )
             .unwrap();
         assert!(leaf.cert.starts_with("-----BEGIN CERTIFICATE-----"));
         let again = Ca::from_pem(&ca.pem().cert, &ca.pem().key).unwrap();
-        again.issue("node-2", &["localhost".into()]).unwrap();
-        assert!(ca.issue("x", &[]).is_err());
+        again
+            .issue("node-2", Role::Node, &["localhost".into()])
+            .unwrap();
+        assert!(ca.issue("x", Role::Node, &[]).is_err());
+        // Clients and admins need no DNS name: the role is their subject alternative name.
+        ca.issue("ops", Role::Admin, &[]).unwrap();
         let dir = tempfile::tempdir().unwrap();
         write_pem(dir.path(), "node-1", &leaf).unwrap();
         crate::TlsFiles {

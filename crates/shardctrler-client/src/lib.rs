@@ -10,7 +10,8 @@
 //! - remembers which member led last and goes there first, follows `NotLeader` hints (which
 //!   may name a member not in the initial list), and otherwise tries the members in turn;
 //! - retries retryable failures (not leader, unavailable, timeout) with jittered exponential
-//!   backoff, and returns a refusal ([`ClientError::InvalidArgument`]) at once;
+//!   backoff, and returns a refusal ([`ClientError::InvalidArgument`],
+//!   [`ClientError::PermissionDenied`], [`ClientError::Tls`]) at once;
 //! - bounds every call by one deadline (default [`DEFAULT_TIMEOUT`]), after which it returns
 //!   [`ClientError::Timeout`].
 //!
@@ -126,6 +127,14 @@ pub enum ClientError {
         after: Duration,
         last_error: Option<String>,
     },
+    /// The controller refused this client's certificate for the call: it lacks the role the
+    /// call needs (changes need an admin certificate). Use another certificate.
+    #[error("permission denied: {0}")]
+    PermissionDenied(String),
+    /// Mutual TLS with the controller failed on a certificate (this client's was refused, or
+    /// the controller's is not trusted); the message says which. Fix the TLS files.
+    #[error("TLS: {0}")]
+    Tls(String),
     /// The controller failed in a way retrying cannot fix; report it.
     #[error("controller error: {0}")]
     Internal(String),
@@ -477,6 +486,10 @@ impl CtrlerClient {
                         ErrorKind::InvalidArgument | ErrorKind::NotFound => {
                             return Err(ClientError::InvalidArgument(e.message));
                         }
+                        ErrorKind::PermissionDenied => {
+                            return Err(ClientError::PermissionDenied(e.message))
+                        }
+                        ErrorKind::Tls => return Err(ClientError::Tls(e.message)),
                         ErrorKind::Internal => return Err(ClientError::Internal(e.message)),
                         ErrorKind::NotLeader {
                             leader: Some(leader),
@@ -555,7 +568,9 @@ mod tests {
             .port();
         quorumkv_common::tls::install_crypto_provider();
         let ca = quorumkv_common::certs::Ca::generate("ca").unwrap();
-        let leaf = ca.issue("client", &["localhost".into()]).unwrap();
+        let leaf = ca
+            .issue("client", quorumkv_common::Role::Client, &[])
+            .unwrap();
         let tls = TlsMaterial::from_pem(&ca.pem().cert, &leaf.cert, &leaf.key);
         let c = CtrlerClient::connect(vec![format!("127.0.0.1:{port}")], tls)
             .unwrap()

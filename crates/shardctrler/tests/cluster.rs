@@ -93,7 +93,7 @@ impl Ctl {
     fn client(&self) -> CtrlerClient {
         CtrlerClient::connect(
             self.addrs.values().cloned().collect(),
-            self.pki.node.clone(),
+            self.pki.admin.clone(),
         )
         .unwrap()
         .with_timeout(WAIT)
@@ -154,7 +154,7 @@ impl Ctl {
     async fn grpc(&self, id: u64) -> ShardCtrlerClient<Channel> {
         let channel = Endpoint::from_shared(format!("https://{}", self.addrs[&id]))
             .unwrap()
-            .tls_config(self.pki.node.client_config("127.0.0.1"))
+            .tls_config(self.pki.admin.client_config("127.0.0.1"))
             .unwrap()
             .connect()
             .await

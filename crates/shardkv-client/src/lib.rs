@@ -42,6 +42,14 @@ pub enum KvError {
     /// The request can never succeed as it is (too large, malformed). Nothing changed.
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
+    /// The cluster refused this client's certificate for the call: it lacks the role the
+    /// call needs (reads and writes need a client or admin certificate). Use another one.
+    #[error("permission denied: {0}")]
+    PermissionDenied(String),
+    /// Mutual TLS with a server failed on a certificate (this client's was refused, or the
+    /// server's is not trusted); the message says which. Fix the TLS files.
+    #[error("TLS: {0}")]
+    Tls(String),
     /// No answer within the deadline. For a write the outcome is unknown; retrying it with
     /// the same client is safe (it is applied at most once).
     #[error("timed out after {after:?}{}", .last_error.as_ref().map(|e| format!(" (last error: {e})")).unwrap_or_default())]
@@ -59,6 +67,8 @@ impl From<quorumkv_shardctrler_client::ClientError> for KvError {
         use quorumkv_shardctrler_client::ClientError as C;
         match e {
             C::InvalidArgument(m) => KvError::InvalidArgument(m),
+            C::PermissionDenied(m) => KvError::PermissionDenied(m),
+            C::Tls(m) => KvError::Tls(m),
             C::Timeout { after, last_error } => KvError::Timeout { after, last_error },
             C::Internal(m) => KvError::Internal(m),
         }
@@ -226,6 +236,14 @@ impl KvClient {
                     kind: ErrorKind::InvalidArgument,
                     message,
                 }) => return Err(KvError::InvalidArgument(message)),
+                Err(RpcError {
+                    kind: ErrorKind::PermissionDenied,
+                    message,
+                }) => return Err(KvError::PermissionDenied(message)),
+                Err(RpcError {
+                    kind: ErrorKind::Tls,
+                    message,
+                }) => return Err(KvError::Tls(message)),
                 Err(e) if e.kind.is_retryable() => last = Some(e.message),
                 Err(e) => return Err(KvError::Internal(e.message)),
             }

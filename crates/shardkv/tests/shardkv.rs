@@ -438,7 +438,7 @@ async fn limits_deletes_and_exactly_once() {
     // The same request id twice: applied once.
     let leader = c.leader(1).unwrap();
     let addr = c.group_servers(1)[(leader - 1) as usize].clone();
-    let groups = quorumkv_shardkv_client::GroupCaller::new(c.pki.node.clone());
+    let groups = quorumkv_shardkv_client::GroupCaller::new(c.pki.client.clone());
     let mut raw = groups.client(&addr).unwrap();
     let req = pb::PutRequest {
         key: bytes::Bytes::from_static(b"once"),
