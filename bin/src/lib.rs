@@ -284,24 +284,34 @@ fn apply_config_file(mut cmd: clap::Command, path: &Path) -> anyhow::Result<clap
     Ok(cmd)
 }
 
-/// Resolves on SIGINT or SIGTERM.
-pub async fn shutdown_signal() {
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
+/// Resolves on SIGINT or SIGTERM. The handlers are installed when this is called, not when the
+/// future is first polled: call it first thing, so that a signal arriving while the member
+/// is still starting (opening storage, restoring a snapshot) is kept and stops it as soon as it
+/// serves. Without a handler the signal would be lost — as PID 1 of a container the process
+/// ignores every signal it does not handle, and the pod would wait out its grace period.
+/// Must be called within a tokio runtime.
+pub fn shutdown_signal() -> impl std::future::Future<Output = ()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let term = signal(SignalKind::terminate());
+    let int = signal(SignalKind::interrupt());
+    async move {
+        let wait = |s: std::io::Result<tokio::signal::unix::Signal>, name: &'static str| async move {
+            match s {
+                Ok(mut s) => {
+                    s.recv().await;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot watch {name}");
+                    std::future::pending::<()>().await
+                }
             }
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot watch SIGTERM");
-                std::future::pending::<()>().await
-            }
+        };
+        tokio::select! {
+            _ = wait(term, "SIGTERM") => {}
+            _ = wait(int, "SIGINT") => {}
         }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term => {}
+        tracing::info!("shutdown requested");
     }
-    tracing::info!("shutdown requested");
 }
 
 /// `SERVER probe [URL] [--timeout DURATION]`: checks a health URL and exits 0 when it answers 2xx,

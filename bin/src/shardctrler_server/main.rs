@@ -142,10 +142,12 @@ impl ServerConfig {
 }
 
 async fn run(cfg: ServerConfig) -> anyhow::Result<()> {
+    // First: a SIGTERM from here on stops the member, even one that arrives while it starts.
+    let shutdown = shutdown_signal();
     let listener = tokio::net::TcpListener::bind(cfg.member.listen)
         .await
         .with_context(|| format!("cannot listen on {}", cfg.member.listen))?;
-    Ok(quorumkv_shardctrler::serve(cfg.member_options(), listener, shutdown_signal()).await?)
+    Ok(quorumkv_shardctrler::serve(cfg.member_options(), listener, shutdown).await?)
 }
 
 fn main() -> ExitCode {

@@ -156,6 +156,8 @@ impl ServerConfig {
 }
 
 async fn run(cfg: ServerConfig) -> anyhow::Result<()> {
+    // First: a SIGTERM from here on stops the member, even one that arrives while it starts.
+    let shutdown = shutdown_signal();
     let listener = tokio::net::TcpListener::bind(cfg.member.listen)
         .await
         .with_context(|| format!("cannot listen on {}", cfg.member.listen))?;
@@ -164,7 +166,7 @@ async fn run(cfg: ServerConfig) -> anyhow::Result<()> {
         .context("cannot start the member")?;
     let mut status = member.node().watch_status();
     let stopped_by_itself = tokio::select! {
-        _ = shutdown_signal() => false,
+        _ = shutdown => false,
         // A driver that stopped by itself (fatal storage error) ends the process too.
         _ = status.wait_for(|s| s.stopped) => true,
     };
