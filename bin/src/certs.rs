@@ -46,6 +46,13 @@ enum Command {
         #[arg(long = "san", value_delimiter = ',')]
         sans: Vec<String>,
     },
+    /// Print what a certificate file holds: its subject, role, names, issuer and validity
+    /// (one `key: value` per line; every certificate of a bundle). For scripts and for
+    /// checking a CA rotation.
+    Show {
+        /// The PEM file (a certificate, or a bundle such as ca.pem).
+        file: PathBuf,
+    },
     /// Everything a local cluster needs, idempotently: the CA (kept if present), a `node`
     /// certificate for localhost and 127.0.0.1 (plus any --san), an `admin` and a `client`
     /// certificate. Existing files are kept unless they lack their role (certificates from
@@ -133,6 +140,15 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             println!("wrote {}", dir.join("ca.pem").display());
         }
         Command::Issue { name, role, sans } => issue(&load_ca(dir)?, dir, &name, role, &sans)?,
+        Command::Show { file } => {
+            let pem =
+                std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
+            for line in quorumkv_common::certs::describe(&pem)
+                .with_context(|| file.display().to_string())?
+            {
+                println!("{line}");
+            }
+        }
         Command::Dev { sans } => {
             let ca = if has_ca { load_ca(dir)? } else { new_ca(dir)? };
             let mut node_sans = vec!["localhost".to_string(), "127.0.0.1".to_string()];

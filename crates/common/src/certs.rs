@@ -138,6 +138,61 @@ impl Ca {
     }
 }
 
+/// What the PEM certificates in `pem` hold, as `key: value` lines (a blank line between two
+/// certificates): subject, role (`none` for a certificate from before roles), DNS names and
+/// IPs, issuer, validity. For `quorumkv-certs show`.
+pub fn describe(pem: &[u8]) -> Result<Vec<String>, CommonError> {
+    use x509_parser::extensions::GeneralName;
+    let mut out = Vec::new();
+    for (i, block) in x509_parser::pem::Pem::iter_from_buffer(pem).enumerate() {
+        let block = block.map_err(|e| CommonError::Certificate(format!("not PEM: {e}")))?;
+        let cert = block
+            .parse_x509()
+            .map_err(|e| CommonError::Certificate(format!("unreadable certificate: {e}")))?;
+        if i > 0 {
+            out.push(String::new());
+        }
+        let role = crate::auth::role_of_certificate(&block.contents)?;
+        let names: Vec<String> = cert
+            .subject_alternative_name()
+            .ok()
+            .flatten()
+            .map(|san| {
+                san.value
+                    .general_names
+                    .iter()
+                    .filter_map(|n| match n {
+                        GeneralName::DNSName(d) => Some(d.to_string()),
+                        GeneralName::IPAddress(ip) => match ip.len() {
+                            4 => <[u8; 4]>::try_from(*ip)
+                                .ok()
+                                .map(|b| std::net::Ipv4Addr::from(b).to_string()),
+                            16 => <[u8; 16]>::try_from(*ip)
+                                .ok()
+                                .map(|b| std::net::Ipv6Addr::from(b).to_string()),
+                            _ => None,
+                        },
+                        _ => None,
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        out.push(format!("subject: {}", cert.subject()));
+        out.push(format!(
+            "role: {}",
+            role.map_or("none".to_string(), |r| r.to_string())
+        ));
+        out.push(format!("ca: {}", cert.is_ca()));
+        out.push(format!("names: {}", names.join(",")));
+        out.push(format!("issuer: {}", cert.issuer()));
+        out.push(format!("not_after: {}", cert.validity().not_after));
+    }
+    if out.is_empty() {
+        return Err(CommonError::Certificate("no PEM certificate".into()));
+    }
+    Ok(out)
+}
+
 /// Writes `DIR/NAME.pem` and `DIR/NAME-key.pem` (the key readable by the owner only).
 pub fn write_pem(dir: &Path, name: &str, pem: &Pem) -> Result<(), CommonError> {
     std::fs::create_dir_all(dir).map_err(|e| CommonError::io(dir, e))?;
