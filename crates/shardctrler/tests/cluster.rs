@@ -621,6 +621,10 @@ async fn a_stopping_leader_hands_over_and_the_admin_port_counts_requests() {
     assert!(text.contains(&format!(
         "quorumkv_ctrler_config_num{{group=\"0\",node=\"{leader}\"}} {num}"
     )));
+    quorumkv_testkit::metrics::assert_families_documented(
+        &text,
+        quorumkv_testkit::metrics::Server::Controller,
+    );
 
     let term = c.statuses()[&leader].term;
     let member = c.members.remove(&leader).unwrap();

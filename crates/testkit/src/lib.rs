@@ -13,6 +13,8 @@
 //!   stop/restart/add/remove of members and awaitable conditions (no fixed sleeps).
 //! - [`ports`]: loopback ports for test members, outside the kernel's ephemeral range so that
 //!   no outgoing connection can take a stopped member's port before it restarts.
+//! - [`metrics`]: checks a server's `/metrics` families against the list the monitoring
+//!   manifests are validated with.
 //! - [`linearizability`]: a porcupine-style checker that decides, key by key, whether a
 //!   history of concurrent Get/Put/Append/Delete calls (timed-out writes included) is
 //!   linearizable, plus a thread-safe [`linearizability::History`] recorder for it.
@@ -22,6 +24,7 @@ pub mod cluster;
 pub mod kv;
 pub mod linearizability;
 pub mod mem;
+pub mod metrics;
 pub mod net;
 pub mod ports;
 
