@@ -626,6 +626,36 @@ async fn a_stopping_leader_hands_over_and_the_admin_port_counts_requests() {
         quorumkv_testkit::metrics::Server::Controller,
     );
 
+    // Roles, over real TLS: a node certificate (what the groups hold) queries but cannot
+    // change the configuration; a client certificate neither. Nothing changes.
+    for (who, tls) in [("node", &c.pki.node), ("client", &c.pki.client)] {
+        let as_who = CtrlerClient::connect(c.addrs.values().cloned().collect(), tls.clone())
+            .unwrap()
+            .with_timeout(WAIT);
+        assert_eq!(as_who.query(None).await.unwrap().num, num);
+        match as_who.join(one(7)).await {
+            Err(quorumkv_shardctrler_client::ClientError::PermissionDenied(m)) => assert!(
+                m.contains("Join needs an admin certificate")
+                    && m.contains(&format!("presented a {who} certificate")),
+                "{m}"
+            ),
+            other => panic!("{who} joined: {other:?}"),
+        }
+        assert!(matches!(
+            as_who.leave(vec![1]).await,
+            Err(quorumkv_shardctrler_client::ClientError::PermissionDenied(
+                _
+            ))
+        ));
+        assert!(matches!(
+            as_who.set_servers(1, vec!["x:1".into()]).await,
+            Err(quorumkv_shardctrler_client::ClientError::PermissionDenied(
+                _
+            ))
+        ));
+    }
+    assert_eq!(latest(&ck).await.num, num);
+
     let term = c.statuses()[&leader].term;
     let member = c.members.remove(&leader).unwrap();
     let start = Instant::now();

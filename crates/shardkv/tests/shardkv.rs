@@ -467,5 +467,47 @@ async fn limits_deletes_and_exactly_once() {
         kv.get(b"").await,
         Err(KvError::InvalidArgument(_))
     ));
+    // Roles, over real TLS: the group-to-group calls take node certificates only; a client or
+    // admin certificate is refused before the service runs, and nothing is deleted.
+    for (who, tls) in [("client", &c.pki.client), ("admin", &c.pki.admin)] {
+        let mut other = quorumkv_shardkv_client::GroupCaller::new(tls.clone())
+            .client(&addr)
+            .unwrap();
+        let pull = other
+            .pull_shard(pb::PullShardRequest {
+                config_num: n,
+                shard: 0,
+                after_key: None,
+                max_bytes: 1024,
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(
+            pull.code(),
+            tonic::Code::PermissionDenied,
+            "{who}: {pull:?}"
+        );
+        assert!(
+            pull.message()
+                .contains("PullShard needs a node certificate")
+                && pull
+                    .message()
+                    .contains(&format!("presented a {who} certificate")),
+            "{pull:?}"
+        );
+        let delete = other
+            .delete_shard(pb::DeleteShardRequest {
+                config_num: n,
+                shard: 0,
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(
+            delete.code(),
+            tonic::Code::PermissionDenied,
+            "{who}: {delete:?}"
+        );
+    }
+    assert_eq!(kv.get(b"once").await.unwrap().as_deref(), Some(&b"x"[..]));
     c.shutdown().await;
 }
