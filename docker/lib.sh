@@ -9,7 +9,7 @@
 #   QKV_WAIT_SECS          bound of every wait for the cluster (default 90)
 
 ROOT=${ROOT:-$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)}
-COMPOSE_FILE="$ROOT/docker/docker-compose.yml"
+COMPOSE_FILE="$ROOT/compose.yaml"
 QKV_PROJECT=${QKV_PROJECT:-quorumkv}
 export QKV_IMAGE=${QKV_IMAGE:-quorumkv:dev}
 STATIC_TARGET_DIR=${QKV_STATIC_TARGET_DIR:-$ROOT/target/static}
@@ -63,8 +63,7 @@ build_static() {
 }
 
 # The offline image: only the `prebuilt` stage, from a small staged context (the binaries and an
-# empty directory), so nothing is pulled and target/ is never sent to the daemon — the legacy
-# builder ignores docker/Dockerfile.dockerignore.
+# empty directory), so nothing is pulled and only the binaries are sent to the daemon.
 build_prebuilt_image() {
   local ctx b
   ctx=$(mktemp -d "${TMPDIR:-/tmp}/qkv-docker-ctx.XXXXXX")
@@ -88,26 +87,13 @@ build_prebuilt_image() {
   return "$rc"
 }
 
-# The public multi-stage build (rust:1-bookworm builder, debian:bookworm-slim runtime). With
-# BuildKit the repository is the context (docker/Dockerfile.dockerignore keeps target/ out);
-# the legacy builder gets a staged copy of the files git knows (tracked or not ignored) instead,
-# plus the empty docker/prebuilt/ directories its first stage copies.
+# The public multi-stage build (rust:1-bookworm builder, debian:bookworm-slim runtime), what
+# `docker compose up --build` does: the repository is the context, .dockerignore keeps target/
+# out for BuildKit and the legacy builder alike, and the legacy builder's run of the unused
+# `prebuilt` stage finds its (empty) directories in docker/prebuilt/.
 build_public_image() {
   log "building image $QKV_IMAGE (public multi-stage build; pulls rust:1-bookworm and debian:bookworm-slim)..."
-  if has_buildx; then
-    docker build -f "$ROOT/docker/Dockerfile" -t "$QKV_IMAGE" "$ROOT"
-    return
-  fi
-  local ctx rc=0
-  ctx=$(mktemp -d "${TMPDIR:-/tmp}/qkv-docker-ctx.XXXXXX")
-  # shellcheck disable=SC2016 # $f belongs to the inner sh
-  (cd "$ROOT" && git ls-files -z --cached --others --exclude-standard |
-    xargs -0 -r sh -c 'for f; do [ -e "$f" ] && printf "%s\0" "$f"; done' sh |
-    tar --null -T - -cf -) | tar -xf - -C "$ctx"
-  mkdir -p "$ctx/docker/prebuilt/bin" "$ctx/docker/prebuilt/owned"
-  DOCKER_BUILDKIT=0 docker build -f "$ctx/docker/Dockerfile" -t "$QKV_IMAGE" "$ctx" || rc=$?
-  rm -rf "$ctx"
-  return "$rc"
+  docker build -f "$ROOT/docker/Dockerfile" -t "$QKV_IMAGE" "$ROOT"
 }
 
 # Whether the image's servers have the `probe` subcommand the Compose healthchecks run.
@@ -116,23 +102,27 @@ image_has_probe() {
     docker run --rm --network none --entrypoint shardctrler-server "$QKV_IMAGE" probe --help >/dev/null 2>&1
 }
 
-# A client run inside the ctrl-1 container (on the Compose network, with the client
-# certificate from the certs volume): `kvc ARGS` is shardkv-client, `ctlc ARGS` shardctrler-client.
-# `docker exec` costs far less than `compose run` (a new container each time).
-# The container id is looked up once (after `up`; a killed and restarted container keeps it).
-CTRL1_CID=""
-client_in_ctrl1() {
-  [ -n "$CTRL1_CID" ] || CTRL1_CID=$(cid ctrl-1)
-  [ -n "$CTRL1_CID" ] || return 1
-  local c=$CTRL1_CID
+# A client run inside a container of the project (on the Compose network, with certificate
+# CERT — client or admin — from the certs volume): `kvc ARGS` is shardkv-client with the client
+# certificate, `ctlc ARGS` shardctrler-client with the admin one. `docker exec` costs far less
+# than `compose run` (a new container each time). The container is ctrl-1's, looked up once
+# (after `up`; a killed and restarted container keeps its id), or CLIENT_HOST's when set (a
+# test that stops ctrl-1 runs its clients elsewhere).
+CLIENT_CID=""
+CLIENT_HOST=${CLIENT_HOST:-ctrl-1}
+client_in() {
+  local cert=$1
+  shift
+  [ -n "$CLIENT_CID" ] || CLIENT_CID=$(cid "$CLIENT_HOST")
+  [ -n "$CLIENT_CID" ] || return 1
   docker exec -e QKV_CTRLERS="$CTRLERS" \
     -e QKV_TLS_CA=/etc/quorumkv/tls/ca.pem \
-    -e QKV_TLS_CERT=/etc/quorumkv/tls/client.pem \
-    -e QKV_TLS_KEY=/etc/quorumkv/tls/client-key.pem \
-    "$c" "$@"
+    -e QKV_TLS_CERT="/etc/quorumkv/tls/$cert.pem" \
+    -e QKV_TLS_KEY="/etc/quorumkv/tls/$cert-key.pem" \
+    "$CLIENT_CID" "$@"
 }
-kvc() { client_in_ctrl1 shardkv-client "$@"; }
-ctlc() { client_in_ctrl1 shardctrler-client "$@"; }
+kvc() { client_in client shardkv-client "$@"; }
+ctlc() { client_in admin shardctrler-client "$@"; }
 
 # Runs "$@" every half second until it succeeds; fails after WAIT_SECS naming $1 (what).
 wait_until() {
@@ -150,7 +140,7 @@ wait_until() {
 # The gids in the controller's latest configuration (its JSON has sorted keys; gids are numbers).
 joined_gids() {
   local json
-  json=$(ctlc --timeout 5 --json query) || return 1
+  json=$(ctlc --timeout 5s --json query) || return 1
   { grep -o '"gid":[0-9]*' <<<"$json" || true; } | cut -d: -f2 | sort -u
 }
 
@@ -162,17 +152,12 @@ all_joined() {
   for gid in "${GIDS[@]}"; do grep -qx "$gid" <<<"$joined" || return 1; done
 }
 
-# Joins the groups the controller does not have yet (the `join` service's work, idempotently:
-# the controller refuses to join a gid twice).
-join_missing() {
-  local gid joined missing=()
-  joined=$(joined_gids) || return 1
-  for gid in "${GIDS[@]}"; do
-    grep -qx "$gid" <<<"$joined" || missing+=("$gid=$(group_addrs "$gid")")
-  done
-  [ "${#missing[@]}" -eq 0 ] && return 0
-  log "joining ${missing[*]}"
-  ctlc --timeout 30 join "${missing[@]}" >/dev/null
+# The `join` service's work, from here: `join` is idempotent (groups already joined with the
+# same servers are left alone).
+join_all() {
+  local gid groups=()
+  for gid in "${GIDS[@]}"; do groups+=("$gid=$(group_addrs "$gid")"); done
+  ctlc --timeout 30s join "${groups[@]}" >/dev/null
 }
 
 all_healthy() {
@@ -185,7 +170,7 @@ all_healthy() {
 }
 
 kv_serving() {
-  kvc --timeout 5 put docker:probe ok >/dev/null && [ "$(kvc --timeout 5 get docker:probe)" = ok ]
+  kvc --timeout 5s put docker:probe ok >/dev/null && [ "$(kvc --timeout 5s get docker:probe)" = ok ]
 }
 
 # Starts the project and waits (each step bounded by WAIT_SECS) until the controller serves,
@@ -205,13 +190,13 @@ up_and_wait() {
     log "healthchecks cannot pass and the groups are joined from this script)..."
     timeout 300 "${COMPOSE[@]}" -f "$COMPOSE_FILE" -p "$QKV_PROJECT" up -d "${SERVERS[@]}"
   fi
-  CTRL1_CID=$(cid ctrl-1)
-  wait_until "the controller serving" ctlc --timeout 2 query || return 1
+  CLIENT_CID=$(cid "$CLIENT_HOST")
+  wait_until "the controller serving" ctlc --timeout 2s query || return 1
   if [ "$probe" = yes ]; then
     # The join service runs once the controller is healthy; give it its chance first.
-    wait_until "both groups joined" all_joined || join_missing || return 1
+    wait_until "both groups joined" all_joined || join_all || return 1
   else
-    join_missing || return 1
+    join_all || return 1
   fi
   wait_until "both groups joined" all_joined || return 1
   wait_until "a put and a get through shardkv-client" kv_serving || return 1

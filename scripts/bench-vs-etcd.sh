@@ -69,6 +69,8 @@ etcd_endpoints=${etcd_endpoints%,}
 
 $bin/quorumkv-certs --out "$work/certs" dev >/dev/null
 tls=(--tls-ca "$work/certs/ca.pem" --tls-cert "$work/certs/node.pem" --tls-key "$work/certs/node-key.pem")
+client_tls=(--tls-ca "$work/certs/ca.pem" --tls-cert "$work/certs/client.pem" --tls-key "$work/certs/client-key.pem")
+admin_tls=(--tls-ca "$work/certs/ca.pem" --tls-cert "$work/certs/admin.pem" --tls-key "$work/certs/admin-key.pem")
 ctrl_cluster="" ctrlers=""
 for i in 1 2 3; do
   ctrl_cluster+="$i=localhost:$((base + 100 + i)),"
@@ -92,9 +94,9 @@ for i in 1 2 3; do
     >"$work/g1-$i.log" 2>&1 &
   pids+=($!)
 done
-client=("$bin/shardkv-client" --ctrlers "$ctrlers" "${tls[@]}")
+client=("$bin/shardkv-client" --ctrlers "$ctrlers" "${client_tls[@]}")
 for _ in $(seq 1 60); do
-  "$bin/shardctrler-client" --ctrlers "$ctrlers" "${tls[@]}" join "1=$servers" >/dev/null 2>&1 && break
+  "$bin/shardctrler-client" --ctrlers "$ctrlers" "${admin_tls[@]}" join "1=$servers" >/dev/null 2>&1 && break
   sleep 0.5
 done
 for _ in $(seq 1 60); do

@@ -88,13 +88,17 @@ start_node() {
   echo $! >"$pidf"
 }
 
+# The CLIs use the admin certificate, as an operator's shell would (admin implies client: it
+# reads and writes keys and may also join, move and change memberships). An application
+# would use certs/client.pem, which may only read and write keys and query the controller.
 write_env() {
   cat >"$DEMO/env" <<ENV
 # QuorumKV demo cluster: source this file (. .demo/env) to use the clients with no flags.
+# The admin certificate; an application would use client.pem/client-key.pem instead.
 export QKV_CTRLERS=$(addrs_of 0)
 export QKV_TLS_CA=$DEMO/certs/ca.pem
-export QKV_TLS_CERT=$DEMO/certs/client.pem
-export QKV_TLS_KEY=$DEMO/certs/client-key.pem
+export QKV_TLS_CERT=$DEMO/certs/admin.pem
+export QKV_TLS_KEY=$DEMO/certs/admin-key.pem
 export PATH=$BIN:\$PATH
 ENV
 }
@@ -112,12 +116,12 @@ wait_until() {
   done
 }
 
-ctrl_serving() { "$BIN/shardctrler-client" --timeout 2 query; }
+ctrl_serving() { "$BIN/shardctrler-client" --timeout 2s query; }
 
 # The gids the controller's latest configuration has (JSON keys are sorted, gids are numbers).
 joined_gids() {
   local json
-  json=$("$BIN/shardctrler-client" --timeout 10 --json query) || return 1
+  json=$("$BIN/shardctrler-client" --timeout 10s --json query) || return 1
   { grep -o '"gid":[0-9]*' <<<"$json" || true; } | cut -d: -f2
 }
 
@@ -128,21 +132,16 @@ all_joined() {
   for gid in "${GIDS[@]}"; do grep -qx "$gid" <<<"$joined" || return 1; done
 }
 
+# `join` is idempotent: groups already joined with the same servers are left as they are.
 join_groups() {
-  local gid joined missing=()
-  joined=$(joined_gids) || { echo "cannot query the controller; see $DEMO/logs/" >&2; return 1; }
-  for gid in "${GIDS[@]}"; do
-    grep -qx "$gid" <<<"$joined" || missing+=("$gid=$(addrs_of "$gid")")
-  done
-  if [ "${#missing[@]}" -gt 0 ]; then
-    echo "joining ${missing[*]}"
-    "$BIN/shardctrler-client" --timeout 20 join "${missing[@]}" >/dev/null
-  fi
+  local gid groups=()
+  for gid in "${GIDS[@]}"; do groups+=("$gid=$(addrs_of "$gid")"); done
+  "$BIN/shardctrler-client" --timeout 20s join "${groups[@]}" >/dev/null
 }
 
 kv_serving() {
-  "$BIN/shardkv-client" --timeout 2 put demo:probe ok &&
-    [ "$("$BIN/shardkv-client" --timeout 2 get demo:probe)" = ok ]
+  "$BIN/shardkv-client" --timeout 2s put demo:probe ok &&
+    [ "$("$BIN/shardkv-client" --timeout 2s get demo:probe)" = ok ]
 }
 
 cmd_up() {
@@ -156,6 +155,7 @@ cmd_up() {
     return 0
   fi
   build
+  # The CA, a node certificate (the servers'), an admin and a client certificate.
   "$BIN/quorumkv-certs" --out "$DEMO/certs" dev >/dev/null
   write_env
   # shellcheck disable=SC1091
@@ -173,7 +173,8 @@ QuorumKV demo cluster is up (mutual TLS): a 3-node shard controller on $(addrs_o
 and two 3-node replica groups, 1 on $(addrs_of 1) and 2 on $(addrs_of 2).
 
   . .demo/env                                   # clients need no flags after this
-  shardkv-client put greeting hello             # write a key
+  shardkv-client put greeting hello             # write a key (as admin: see .demo/env)
+  shardkv-client put blob - < some-file         # a value from stdin (or --value-file FILE)
   shardkv-client get greeting                   # prints hello (a missing key exits 1)
   shardkv-client append greeting ", world"
   shardkv-client delete greeting
@@ -225,7 +226,7 @@ cmd_status() {
     echo
     # shellcheck disable=SC1091
     . "$DEMO/env"
-    "$BIN/shardkv-client" --timeout 5 status || echo "(shardkv-client status failed: is the controller up?)"
+    "$BIN/shardkv-client" --timeout 5s status || echo "(shardkv-client status failed: is the controller up?)"
   fi
 }
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Tear down the QuorumKV Docker Compose cluster (docker/docker-compose.yml).
+# Tear down the QuorumKV Docker Compose cluster (compose.yaml at the repository root).
 #
 #   scripts/docker-down.sh            remove the containers and the network; data and
 #                                     certificates stay in the named volumes (the next

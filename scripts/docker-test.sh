@@ -1,21 +1,27 @@
 #!/usr/bin/env bash
-# CI test of the Docker packaging: the Compose cluster (docker/docker-compose.yml) built offline
-# (static binaries, `FROM scratch` image — nothing is pulled) survives the loss of a group
-# leader's container without losing an acknowledged write.
+# CI test of the Docker packaging: the Compose cluster (compose.yaml) built offline (static
+# binaries, `FROM scratch` image — nothing is pulled) survives the loss of a group leader's
+# container, a group leader's graceful stop and the loss of the controller's leader without
+# losing an acknowledged write.
 #
 #   1. build the static binaries and the `prebuilt` image (a unique tag);
 #   2. bring the cluster up under a unique Compose project; put and get with
-#      `compose run --rm kv` (the documented client path);
+#      `compose run --rm kv` (the documented client path); `up` again: the `join` service
+#      succeeds again without changing anything;
 #   3. writers (background loops, each op a `shardkv-client append` in a container on the
 #      network) append unique tokens `wW.I;` to 16 keys;
 #   4. find group 1's leader with `shardkv-client --json status`, `docker kill` its container,
 #      check that acknowledged writes keep coming and a new leader is elected;
 #   5. `docker start` it, wait until it is back in the group, more acknowledged writes;
-#   6. stop the writers and read every key: each acknowledged token exactly once, no token
+#   6. `docker stop` (SIGTERM) group 1's new leader: it must hand leadership over before it
+#      exits (its log says so), writes go on, then it is started again;
+#   7. `docker kill` the controller's leader: a new one is elected and writes go on (every
+#      client looks the configuration up); then it is started again;
+#   8. stop the writers and read every key: each acknowledged token exactly once, no token
 #      twice, nothing that was never written.
 # Skips (exit 0) with a message where no Docker engine runs. Always tears down its containers,
 # network, volumes and image (trap). Bounded: the cluster phase has a budget of
-# QKV_DOCKER_TEST_SECS (default 240) enforced by a watchdog; every loop has its own deadline.
+# QKV_DOCKER_TEST_SECS (default 360) enforced by a watchdog; every loop has its own deadline.
 # The cargo build before it is not counted (a no-op when the binaries are current).
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -29,6 +35,9 @@ RUN_ID="qkvt$$$(date +%s)"
 export QKV_PROJECT=$RUN_ID
 export QKV_IMAGE="quorumkv:test-$RUN_ID"
 export QKV_WAIT_SECS=${QKV_WAIT_SECS:-60}
+# The clients run in g2-1's container: the test stops group 1's leaders and the controller's
+# leader, never g2-1.
+export CLIENT_HOST=g2-1
 # shellcheck source=docker/lib.sh source-path=SCRIPTDIR/..
 . "$ROOT/docker/lib.sh"
 
@@ -37,7 +46,7 @@ if ! find_compose; then
   exit 0
 fi
 
-BUDGET=${QKV_DOCKER_TEST_SECS:-240}
+BUDGET=${QKV_DOCKER_TEST_SECS:-360}
 WRITERS=4
 KEYS_PER_WRITER=4
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/qkv-docker-test.XXXXXX")
@@ -77,8 +86,8 @@ cleanup() {
   rm -rf "$WORK"
   if [ "${#TIMES[@]}" -gt 0 ]; then
     log "timings (s): build ${TIMES[build]:-?}, up ${TIMES[up]:-?}, writes before kill ${TIMES[before]:-?}," \
-      "kill+failover ${TIMES[kill]:-?}, restart ${TIMES[restart]:-?}, verify ${TIMES[verify]:-?};" \
-      "total $(($(date +%s) - T0))"
+      "kill+failover ${TIMES[kill]:-?}, restart ${TIMES[restart]:-?}, SIGTERM hand-off ${TIMES[handoff]:-?}," \
+      "controller failover ${TIMES[ctrl]:-?}, verify ${TIMES[verify]:-?}; total $(($(date +%s) - T0))"
   fi
   exit "$rc"
 }
@@ -105,6 +114,25 @@ out=$(timeout 60 "${COMPOSE[@]}" -f "$COMPOSE_FILE" -p "$QKV_PROJECT" run --rm -
 out=$(timeout 60 "${COMPOSE[@]}" -f "$COMPOSE_FILE" -p "$QKV_PROJECT" run --rm -T kv get docker:greeting)
 [ "$out" = hello ] || die "get printed '$out', expected hello"
 log "put/get through \`compose run --rm kv\` works"
+if [ "$PROBE" = yes ]; then
+  # `up` over a running, joined cluster: the join service runs again and must succeed (the join
+  # is idempotent), changing nothing.
+  join_cid=$(cid join)
+  [ -n "$join_cid" ] || die "no join container"
+  before=$(docker inspect -f '{{.State.StartedAt}}' "$join_cid")
+  timeout 120 "${COMPOSE[@]}" -f "$COMPOSE_FILE" -p "$QKV_PROJECT" up -d >/dev/null 2>&1 || die "second up failed"
+  join_cid=$(cid join)
+  join_reran() {
+    [ "$(docker inspect -f '{{.State.StartedAt}}' "$join_cid")" != "$before" ] &&
+      [ "$(docker inspect -f '{{.State.Status}}' "$join_cid")" = exited ]
+  }
+  wait_until "the join service to run again" join_reran || die "join did not run again on the second up"
+  code=$(docker inspect -f '{{.State.ExitCode}}' "$join_cid")
+  [ "$code" = 0 ] || die "join failed on the second up (exit $code): $(docker logs "$join_cid" 2>&1 | tail -n 3)"
+  docker logs "$join_cid" 2>&1 | grep -q "already joined with these servers" ||
+    die "the second join did not report the groups as already joined"
+  log "a second \`up\` re-ran join successfully: groups already joined, nothing changed"
+fi
 phase_done up
 
 # --- 3. writers ----------------------------------------------------------------------------------
@@ -122,7 +150,7 @@ writer() {
       -e QKV_TLS_CA=/etc/quorumkv/tls/ca.pem \
       -e QKV_TLS_CERT=/etc/quorumkv/tls/client.pem \
       -e QKV_TLS_KEY=/etc/quorumkv/tls/client-key.pem \
-      "$CLIENT_CID" shardkv-client --timeout 15 append "$key" "$tok" 2>&1); then
+      "$CLIENT_CID" shardkv-client --timeout 15s append "$key" "$tok" 2>&1); then
       echo "$key $tok" >>"$WORK/acked.$w"
     else
       echo "$key $tok ${err//$'\n'/ }" >>"$WORK/failed.$w"
@@ -146,12 +174,27 @@ wait_acks() {
 # are sorted, so a group object reads `"gid":1,"leader_addr":"...",...`.
 g1_leader() {
   local json
-  json=$(kvc --timeout 5 --json status 2>/dev/null) || return 0
+  json=$(kvc --timeout 5s --json status 2>/dev/null) || return 0
   grep -o '"gid":1,"leader_addr":"[^"]*"' <<<"$json" | sed 's/.*"leader_addr":"\([^"]*\)"/\1/' || true
 }
 
-CLIENT_CID=$(cid ctrl-1)
-[ -n "$CLIENT_CID" ] || die "no ctrl-1 container"
+# The output of FN once it is non-empty and not NOT (a leader, or a new one), within 30 s;
+# fails naming WHAT. `x=$(await_leader ...)` ends the script on failure (errexit).
+await_leader() {
+  local what=$1 fn=$2 not=${3:-} got deadline=$(($(date +%s) + 30))
+  while :; do
+    got=$($fn)
+    if [ -n "$got" ] && [ "$got" != "$not" ]; then
+      echo "$got"
+      return 0
+    fi
+    [ "$(date +%s)" -lt "$deadline" ] || die "$what has no ${not:+new }leader (last seen '${got:-none}')"
+    sleep 0.5
+  done
+}
+
+CLIENT_CID=$(cid "$CLIENT_HOST")
+[ -n "$CLIENT_CID" ] || die "no $CLIENT_HOST container"
 : >"$WORK/acked.0"
 for w in $(seq 1 "$WRITERS"); do
   writer "$w" &
@@ -161,13 +204,7 @@ wait_acks 40 60 "before the kill"
 phase_done before
 
 # --- 4. kill group 1's leader --------------------------------------------------------------------
-deadline=$(($(date +%s) + 30))
-leader=""
-while [ -z "$leader" ]; do
-  [ "$(date +%s)" -lt "$deadline" ] || die "group 1 has no leader"
-  leader=$(g1_leader)
-  [ -n "$leader" ] || sleep 0.5
-done
+leader=$(await_leader "group 1" g1_leader)
 victim=${leader%%:*}
 victim_cid=$(cid "$victim")
 [ -n "$victim_cid" ] || die "no container for service $victim (leader $leader)"
@@ -175,13 +212,7 @@ at_kill=$(acked)
 log "group 1 leader is $leader: docker kill $victim ($at_kill appends acknowledged so far)"
 docker kill "$victim_cid" >/dev/null
 wait_acks $((at_kill + 40)) 90 "after killing $victim"
-deadline=$(($(date +%s) + 30))
-while :; do
-  new=$(g1_leader)
-  [ -n "$new" ] && [ "$new" != "$leader" ] && break
-  [ "$(date +%s)" -lt "$deadline" ] || die "group 1 elected no new leader (status says '${new:-none}')"
-  sleep 0.5
-done
+new=$(await_leader "group 1" g1_leader "$leader")
 log "group 1's new leader is $new; $(acked) appends acknowledged"
 phase_done kill
 
@@ -192,7 +223,7 @@ phase_done kill
 # Group 1's part of `status --json` (its object runs from `"gid":1,` to the next group).
 g1_status() {
   local json
-  json=$(kvc --timeout 5 --json status) || return 1
+  json=$(kvc --timeout 5s --json status) || return 1
   json=${json#*\"gid\":1,}
   echo "${json%%\"gid\":2,*}"
 }
@@ -200,17 +231,17 @@ g1_status() {
 g1_commit() {
   g1_status | grep -o '"commit_index":[0-9]*' | cut -d: -f2 | sort -n | tail -n1
 }
-# Whether the restarted member answers and has applied at least $1 (only a member that
-# answered has an applied_index; a member object's keys are sorted).
+# Whether group 1's member at address $1 answers and has applied at least $2 (only a member
+# that answered has an applied_index; a member object's keys are sorted).
 caught_up() {
   local applied
-  applied=$(g1_status | grep -o "\"addr\":\"$leader\",\"applied_index\":[0-9]*" | cut -d: -f4) || return 1
-  [ -n "$applied" ] && [ "$applied" -ge "$1" ]
+  applied=$(g1_status | grep -o "\"addr\":\"$1\",\"applied_index\":[0-9]*" | cut -d: -f4) || return 1
+  [ -n "$applied" ] && [ "$applied" -ge "$2" ]
 }
 target=$(g1_commit)
 [ -n "$target" ] || die "no commit index in group 1's status"
 docker start "$victim_cid" >/dev/null
-wait_until "$victim back and caught up to commit $target" caught_up "$target" || die "$victim did not catch up"
+wait_until "$victim back and caught up to commit $target" caught_up "$leader" "$target" || die "$victim did not catch up"
 log "$victim is back and has applied past $target"
 at_restart=$(acked)
 wait_acks $((at_restart + 30)) 60 "after restarting $victim"
@@ -218,7 +249,56 @@ wait_acks $((at_restart + 30)) 60 "after restarting $victim"
   die "not every server is healthy after the restart"
 phase_done restart
 
-# --- 6. verify -----------------------------------------------------------------------------------
+# --- 6. SIGTERM: group 1's leader hands leadership over -----------------------------------------
+leader=$(await_leader "group 1" g1_leader)
+victim=${leader%%:*}
+victim_cid=$(cid "$victim")
+at_stop=$(acked)
+log "group 1 leader is $leader: docker stop (SIGTERM) $victim"
+t0=$(date +%s)
+docker stop -t 30 "$victim_cid" >/dev/null
+log "$victim stopped after $(($(date +%s) - t0)) s"
+docker logs "$victim_cid" 2>&1 | grep -q "leadership handed over" ||
+  die "$victim exited without handing leadership over: $(docker logs "$victim_cid" 2>&1 | tail -n 5)"
+[ "$(docker inspect -f '{{.State.ExitCode}}' "$victim_cid")" = 0 ] || die "$victim did not exit 0 on SIGTERM"
+wait_acks $((at_stop + 30)) 60 "after stopping $victim"
+new=$(await_leader "group 1" g1_leader "$leader")
+log "$victim handed leadership to $new; $(acked) appends acknowledged"
+target=$(g1_commit)
+docker start "$victim_cid" >/dev/null
+wait_until "$victim back and caught up to commit $target" caught_up "$leader" "$target" || die "$victim did not catch up"
+phase_done handoff
+
+# --- 7. the controller's leader is lost ----------------------------------------------------------
+# The controller leader's address from `member list --json` (admin certificate; sorted keys, so a
+# member reads `"addr":"ctrl-N:7000","id":N,"leader":true`).
+ctrl_leader() {
+  local json
+  json=$(ctlc --timeout 5s --json member list 2>/dev/null) || return 0
+  grep -o '"addr":"[^"]*","id":[0-9]*,"leader":true' <<<"$json" | sed 's/"addr":"\([^"]*\)".*/\1/' || true
+}
+cleader=$(await_leader "the controller" ctrl_leader)
+cvictim=${cleader%%:*}
+cvictim_cid=$(cid "$cvictim")
+[ -n "$cvictim_cid" ] || die "no container for controller leader $cleader"
+at_ckill=$(acked)
+log "controller leader is $cleader: docker kill $cvictim"
+docker kill "$cvictim_cid" >/dev/null
+# Every append is a new client that looks the configuration up: writes going on proves that
+# the controller serves again.
+wait_acks $((at_ckill + 30)) 90 "after killing the controller leader $cvictim"
+cnew=$(await_leader "the controller" ctrl_leader "$cleader")
+log "the controller's new leader is $cnew; $(acked) appends acknowledged"
+docker start "$cvictim_cid" >/dev/null
+ctrl_member_back() {
+  ctlc --timeout 5s --json member list 2>/dev/null |
+    grep -q "\"addr\":\"$cleader\",\"id\":[0-9]*,\"leader\":false,\"matched\":[0-9]*,\"recently_active\":true"
+}
+wait_until "$cvictim back in the controller group" ctrl_member_back || die "$cvictim did not come back"
+[ "$PROBE" = no ] || wait_until "every server healthy again" all_healthy || die "not every server is healthy"
+phase_done ctrl
+
+# --- 8. verify -----------------------------------------------------------------------------------
 touch "$STOP"
 deadline=$(($(date +%s) + 40))
 for p in "${WRITER_PIDS[@]}"; do
@@ -235,7 +315,7 @@ cat "$WORK"/failed.* 2>/dev/null >"$WORK/failed" || true
 for w in $(seq 1 "$WRITERS"); do
   for k in $(seq 0 $((KEYS_PER_WRITER - 1))); do
     key="docker:t:$k:$w"
-    if value=$(kvc --timeout 15 get "$key" 2>"$WORK/get.err"); then
+    if value=$(kvc --timeout 15s get "$key" 2>"$WORK/get.err"); then
       tr ';' '\n' <<<"$value" | sed '/^$/d' | sed "s/^/$key /; s/\$/;/" >>"$WORK/found"
     elif ! grep -q "not found" "$WORK/get.err"; then
       die "get $key failed: $(cat "$WORK/get.err")"
@@ -262,5 +342,5 @@ g1_keys=$({ g1_status | grep -o '"keys":[0-9]*' || true; } | awk -F: '{ n += $2 
 [ -n "$foreign" ] && die "tokens nobody wrote: $(head -c 500 <<<"$foreign")"
 [ "${g1_keys:-0}" -gt 0 ] || die "group 1 holds no keys: the kill tested nothing"
 phase_done verify
-log "PASS: no acknowledged write lost or applied twice across the kill and restart of $victim" \
-  "(group 1 holds $g1_keys keys)"
+log "PASS: no acknowledged write lost or applied twice across a killed group leader, a SIGTERM" \
+  "hand-off and a killed controller leader (group 1 holds $g1_keys keys)"

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Build the QuorumKV image and bring the Docker Compose cluster up (docker/docker-compose.yml):
-# a 3-node controller and two 3-node groups, joined and serving. Bounded: fails if the cluster
-# does not serve within QKV_WAIT_SECS (default 90) per step.
+# Build the QuorumKV image and bring the Docker Compose cluster up (compose.yaml at the
+# repository root, the file `docker compose up --build` reads): a 3-node controller and two
+# 3-node groups, joined and serving. Bounded: fails if the cluster does not serve within
+# QKV_WAIT_SECS (default 90) per step.
 #
 #   scripts/docker-up.sh              public multi-stage build (pulls rust:1-bookworm and
 #                                     debian:bookworm-slim), then up
@@ -42,7 +43,7 @@ if ! up_and_wait "$probe"; then
   die "the cluster did not come up (scripts/docker-down.sh tears it down)"
 fi
 
-dc="${COMPOSE[*]} -f docker/docker-compose.yml"
+dc="${COMPOSE[*]}"
 [ "$QKV_PROJECT" = quorumkv ] || dc+=" -p $QKV_PROJECT"
 cat <<MSG
 

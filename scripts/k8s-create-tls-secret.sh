@@ -2,7 +2,7 @@
 # Creates or updates the TLS Secret `quorumkv-tls` of a QuorumKV deployment on Kubernetes
 # (k8s/README.md), with the certificate generator `quorumkv-certs`.
 #
-#   scripts/k8s-create-tls-secret.sh [--print] [--certs-dir DIR] [--max-members N] NAMESPACE [GROUPS]
+#   scripts/k8s-create-tls-secret.sh [--print] [--certs-dir DIR] [--trust FILE] [--max-members N] NAMESPACE [GROUPS]
 #
 #   NAMESPACE        the namespace of the deployment (the pods' DNS names contain it)
 #   GROUPS           number of replica groups, gids 1..GROUPS (default 1; the production overlay
@@ -11,13 +11,18 @@
 #   --certs-dir DIR  where the CA and certificates are kept (default
 #                    $QKV_K8S_CERTS_DIR or ~/.quorumkv/k8s-certs/NAMESPACE). Holds the CA's private
 #                    key: keep it safe, and out of the repository and of the cluster.
+#   --trust FILE     the ca.pem the Secret holds, i.e. the CAs every pod trusts (default: DIR's
+#                    CA). A bundle of the old and the new CA while rotating the CA
+#                    (k8s/README.md "Rotating the CA").
 #   --max-members N  pod ordinals 0..N-1 of every group are named (default 5), so a group can
 #                    grow to N members without new certificates
 #
 # Files: DIR/ca.pem, ca-key.pem (the CA, created once and then reused: certificates it signed
-# stay valid), node.pem/node-key.pem (re-issued on every run, so the names follow GROUPS), and
-# client.pem/client-key.pem (issued once). The Secret holds ca.pem, node.pem, node-key.pem,
-# client.pem, client-key.pem - never ca-key.pem.
+# stay valid), node.pem/node-key.pem (role node, re-issued on every run, so the names follow
+# GROUPS), admin.pem/admin-key.pem (role admin: the join Deployment, operators) and
+# client.pem/client-key.pem (role client: applications), each issued once and again if it lacks
+# its role (certificates from before roles). The Secret holds ca.pem, node.pem, node-key.pem,
+# admin.pem, admin-key.pem, client.pem, client-key.pem - never ca-key.pem.
 #
 # The node certificate names, for the controller (qkv-ctrl) and every group (qkv-group-G):
 # every pod SET-I.SET.NAMESPACE.svc.CLUSTER_DOMAIN and its shorter forms (SET-I.SET,
@@ -34,12 +39,13 @@ CTRL_SET=qkv-ctrl
 GROUP_SET_PREFIX=qkv-group-
 
 usage() {
-  sed -n '5,15p' "$0" | sed 's/^# \{0,1\}//' >&2
+  sed -n '5,19p' "$0" | sed 's/^# \{0,1\}//' >&2
   exit 2
 }
 
 print=no
 certs_dir=""
+trust=""
 max_members=5
 args=()
 while [ $# -gt 0 ]; do
@@ -47,6 +53,8 @@ while [ $# -gt 0 ]; do
     --print) print=yes ;;
     --certs-dir) certs_dir=${2:?--certs-dir needs a directory}; shift ;;
     --certs-dir=*) certs_dir=${1#*=} ;;
+    --trust) trust=${2:?--trust needs a file}; shift ;;
+    --trust=*) trust=${1#*=} ;;
     --max-members) max_members=${2:?--max-members needs a number}; shift ;;
     --max-members=*) max_members=${1#*=} ;;
     -h | --help) usage ;;
@@ -107,28 +115,39 @@ if [ -f "$certs_dir/ca.pem" ]; then
 else
   "$CERTS" --out "$certs_dir" ca >&2
 fi
-"$CERTS" --out "$certs_dir" issue node --san "$san_list" >&2
-if [ -f "$certs_dir/client.pem" ]; then
-  log "reusing $certs_dir/client.pem"
-else
-  "$CERTS" --out "$certs_dir" issue client --san quorumkv-client >&2
-fi
+"$CERTS" --out "$certs_dir" issue node --role node --san "$san_list" >&2
+for role in admin client; do
+  if [ "$("$CERTS" show "$certs_dir/$role.pem" 2>/dev/null | sed -n 's/^role: //p')" = "$role" ]; then
+    log "reusing $certs_dir/$role.pem"
+  else
+    "$CERTS" --out "$certs_dir" issue "$role" --role "$role" >&2
+  fi
+done
 log "node certificate: ${#sans[@]} names (controller, $groups replica group(s), ordinals 0..$((max_members - 1)), namespace $namespace)"
 
-files=(ca.pem node.pem node-key.pem client.pem client-key.pem)
+# What the pods trust: DIR's CA, or --trust (a bundle while rotating the CA).
+trusted="$certs_dir/ca.pem"
+if [ -n "$trust" ]; then
+  [ -f "$trust" ] || { log "--trust $trust: no such file"; exit 1; }
+  trusted=$trust
+  log "the Secret's ca.pem is $trust"
+fi
+files=(ca.pem node.pem node-key.pem admin.pem admin-key.pem client.pem client-key.pem)
+# path_of FILE: where the Secret's key FILE comes from.
+path_of() { if [ "$1" = ca.pem ]; then echo "$trusted"; else echo "$certs_dir/$1"; fi; }
 
 # The Secret's YAML: kubectl's own rendering when it is installed, else the same by hand.
 secret_yaml() {
   if command -v kubectl >/dev/null 2>&1; then
     local from=() f
-    for f in "${files[@]}"; do from+=("--from-file=$f=$certs_dir/$f"); done
+    for f in "${files[@]}"; do from+=("--from-file=$f=$(path_of "$f")"); done
     kubectl create secret generic "$SECRET" --namespace "$namespace" "${from[@]}" \
       --dry-run=client -o yaml
   else
     local f
     printf 'apiVersion: v1\nkind: Secret\nmetadata:\n  name: %s\n  namespace: %s\ntype: Opaque\ndata:\n' \
       "$SECRET" "$namespace"
-    for f in "${files[@]}"; do printf '  %s: %s\n' "$f" "$(base64 -w0 <"$certs_dir/$f")"; done
+    for f in "${files[@]}"; do printf '  %s: %s\n' "$f" "$(base64 -w0 <"$(path_of "$f")")"; done
   fi
 }
 

@@ -126,17 +126,18 @@ pub struct ClientArgs {
     #[arg(long, env = "QKV_JSON", global = true)]
     pub json: bool,
 
-    /// Give up on a request after this many seconds, retries included. A change that timed
-    /// out may still be applied: read (or query) to find out. In `bench`, the deadline of
-    /// every operation.
+    /// Give up on a request after this long, retries and the configuration lookup included:
+    /// `10s`, `1m`, `500ms`, or bare seconds (`2.5`). A change that timed out may still be
+    /// applied: read (or query) to find out. In `bench`, the deadline of every operation.
     #[arg(
         long,
         env = "QKV_TIMEOUT",
-        default_value_t = 10.0,
-        value_name = "SECS",
+        default_value = "10s",
+        value_name = "DURATION",
+        value_parser = parse_duration,
         global = true
     )]
-    pub timeout: f64,
+    pub timeout: std::time::Duration,
 }
 
 impl ClientArgs {
@@ -147,15 +148,71 @@ impl ClientArgs {
 
     /// The deadline of a request, or why `--timeout` is wrong.
     pub fn deadline(&self) -> Result<std::time::Duration, String> {
-        if self.timeout.is_finite() && self.timeout > 0.0 {
-            Ok(std::time::Duration::from_secs_f64(self.timeout))
+        if self.timeout.is_zero() {
+            Err("--timeout must be positive".into())
         } else {
-            Err(format!(
-                "--timeout {} must be a positive number of seconds",
-                self.timeout
-            ))
+            Ok(self.timeout)
         }
     }
+}
+
+/// Parses a duration flag, as Go and etcd tools write them: a number and a unit (`500ms`,
+/// `5s`, `2m`, `1h`; fractions such as `1.5s` and sums such as `1m30s` too), or a bare number
+/// of seconds (`10`, `0.5`) as the flags took before. Every flag that takes a time uses this.
+pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    use std::time::Duration;
+    const MAX_SECS: f64 = 100.0 * 365.0 * 86_400.0;
+    let bad =
+        |why: &str| format!("invalid duration {s:?}: {why} (e.g. 500ms, 5s, 2m, 1h, or seconds)");
+    let text = s.trim();
+    if text.is_empty() {
+        return Err(bad("empty"));
+    }
+    let number_end = |t: &str| {
+        t.find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(t.len())
+    };
+    let number = |t: &str| -> Result<f64, String> {
+        t.parse::<f64>()
+            .ok()
+            .filter(|v| v.is_finite())
+            .ok_or_else(|| bad("not a number"))
+    };
+    if number_end(text) == text.len() {
+        let secs = number(text)?;
+        return if secs <= MAX_SECS {
+            Ok(Duration::from_secs_f64(secs))
+        } else {
+            Err(bad("too long"))
+        };
+    }
+    let mut rest = text;
+    let mut total = 0.0;
+    while !rest.is_empty() {
+        let n = number_end(rest);
+        if n == 0 {
+            return Err(bad("expected a number before each unit"));
+        }
+        let value = number(&rest[..n])?;
+        rest = &rest[n..];
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(rest.len());
+        let scale = match &rest[..unit_len] {
+            "ms" => 1e-3,
+            "s" => 1.0,
+            "m" => 60.0,
+            "h" => 3600.0,
+            "" => return Err(bad("a unit is missing")),
+            other => return Err(bad(&format!("unknown unit {other:?}"))),
+        };
+        rest = &rest[unit_len..];
+        total += value * scale;
+    }
+    if total > MAX_SECS {
+        return Err(bad("too long"));
+    }
+    Ok(Duration::from_secs_f64(total))
 }
 
 /// Parses an `ip:port` flag value, naming the flag when it is not one.
@@ -227,27 +284,37 @@ fn apply_config_file(mut cmd: clap::Command, path: &Path) -> anyhow::Result<clap
     Ok(cmd)
 }
 
-/// Resolves on SIGINT or SIGTERM.
-pub async fn shutdown_signal() {
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
+/// Resolves on SIGINT or SIGTERM. The handlers are installed when this is called, not when the
+/// future is first polled: call it first thing, so that a signal arriving while the member
+/// is still starting (opening storage, restoring a snapshot) is kept and stops it as soon as it
+/// serves. Without a handler the signal would be lost — as PID 1 of a container the process
+/// ignores every signal it does not handle, and the pod would wait out its grace period.
+/// Must be called within a tokio runtime.
+pub fn shutdown_signal() -> impl std::future::Future<Output = ()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let term = signal(SignalKind::terminate());
+    let int = signal(SignalKind::interrupt());
+    async move {
+        let wait = |s: std::io::Result<tokio::signal::unix::Signal>, name: &'static str| async move {
+            match s {
+                Ok(mut s) => {
+                    s.recv().await;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot watch {name}");
+                    std::future::pending::<()>().await
+                }
             }
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot watch SIGTERM");
-                std::future::pending::<()>().await
-            }
+        };
+        tokio::select! {
+            _ = wait(term, "SIGTERM") => {}
+            _ = wait(int, "SIGINT") => {}
         }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term => {}
+        tracing::info!("shutdown requested");
     }
-    tracing::info!("shutdown requested");
 }
 
-/// `SERVER probe [URL] [--timeout SECS]`: checks a health URL and exits 0 when it answers 2xx,
+/// `SERVER probe [URL] [--timeout DURATION]`: checks a health URL and exits 0 when it answers 2xx,
 /// 1 otherwise (one line on stderr) — for container healthchecks in images without curl.
 #[derive(Debug, clap::Parser)]
 #[command(about = "Check a health URL: exit 0 when it answers 2xx, 1 otherwise")]
@@ -255,9 +322,9 @@ struct ProbeArgs {
     /// The URL to check (plain HTTP), e.g. the admin port's `/health/ready` or `/health/alive`.
     #[arg(default_value = "http://127.0.0.1:8000/health/ready")]
     url: String,
-    /// Seconds to wait for the answer.
-    #[arg(long, default_value_t = 2.0)]
-    timeout: f64,
+    /// How long to wait for the answer: `2s`, `500ms`, or bare seconds.
+    #[arg(long, default_value = "2s", value_name = "DURATION", value_parser = parse_duration)]
+    timeout: std::time::Duration,
 }
 
 /// Runs the `probe` subcommand when it is the first argument; `None` otherwise (then the
@@ -272,7 +339,10 @@ pub fn run_probe_if_asked(program: &str) -> Option<std::process::ExitCode> {
         std::iter::once(std::ffi::OsString::from(format!("{program} probe")))
             .chain(argv[2..].iter().cloned()),
     );
-    let timeout = std::time::Duration::from_secs_f64(args.timeout.clamp(0.001, 3600.0));
+    let timeout = args.timeout.clamp(
+        std::time::Duration::from_millis(1),
+        std::time::Duration::from_secs(3600),
+    );
     Some(match quorumkv_admin::probe(&args.url, timeout) {
         Ok(code) if (200..300).contains(&code) => std::process::ExitCode::SUCCESS,
         Ok(code) => {
@@ -324,7 +394,8 @@ pub struct RaftMember {
 impl RaftMember {
     /// Checks the member flags and names the one that is wrong: --cluster parses and lists
     /// --id, --listen defaults to 0.0.0.0 and this member's port, the admin port differs from
-    /// the gRPC port, --data-dir is not empty, the TLS files load.
+    /// the gRPC port, --data-dir is not empty, the TLS files load and the certificate is a
+    /// node's.
     pub fn validate(f: MemberFlags<'_>) -> anyhow::Result<Self> {
         let members = quorumkv_common::parse_members(f.cluster).context("--cluster")?;
         let own = members.iter().find(|m| m.id == f.id).with_context(|| {
@@ -346,6 +417,15 @@ impl RaftMember {
             bail!("--data-dir is empty");
         }
         let tls = f.tls.load().context("TLS files")?;
+        match tls.role().context("--tls-cert")? {
+            // No role: a certificate from before roles, which peers treat as a node's.
+            Some(quorumkv_common::Role::Node) | None => {}
+            Some(other) => bail!(
+                "--tls-cert {} is a {other} certificate; a server needs a node certificate \
+                 (quorumkv-certs issue NAME --role node --san HOST,...)",
+                f.tls.cert.display()
+            ),
+        }
         Ok(RaftMember {
             id: f.id,
             members,
@@ -371,5 +451,36 @@ impl RaftMember {
             .collect();
         raft.bootstrap = self.bootstrap.clone();
         raft
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn parses_human_durations_and_bare_seconds() {
+        for (text, want) in [
+            ("5s", Duration::from_secs(5)),
+            ("2m", Duration::from_secs(120)),
+            ("500ms", Duration::from_millis(500)),
+            ("1h", Duration::from_secs(3600)),
+            ("1m30s", Duration::from_secs(90)),
+            ("1.5s", Duration::from_millis(1500)),
+            ("10", Duration::from_secs(10)),
+            ("0.25", Duration::from_millis(250)),
+            ("0", Duration::ZERO),
+        ] {
+            assert_eq!(parse_duration(text), Ok(want), "{text}");
+        }
+        for bad in [
+            "", "s", "5x", "-1", "-5s", "5 s", "1e3", "ms5", "1..2s", "1e400",
+        ] {
+            assert!(parse_duration(bad).is_err(), "{bad:?} accepted");
+        }
+        assert!(parse_duration("5x")
+            .unwrap_err()
+            .contains("unknown unit \"x\""));
     }
 }

@@ -115,7 +115,7 @@ impl Env {
         Command::new(CLIENT)
             .arg("--ctrlers")
             .arg(self.ctrlers())
-            .args(self.tls_args())
+            .args(support::tls_args_as(self.dir.path(), "admin"))
             .args(["--timeout", "20"])
             .args(args)
             .env_remove("QKV_JSON")
@@ -143,6 +143,18 @@ fn cli_drives_a_three_member_controller() {
     // Join (retried by the client until a leader is elected), then the table shows the groups.
     let out = ok(&env.cli(&["join", "1=a:7001,b:7001,c:7001", "2=d:7001,e:7001"]));
     assert_eq!(out.trim(), "configuration 1");
+    // Joining again with the same servers (in any order) changes nothing and succeeds; with
+    // other servers it is refused.
+    let again = ok(&env.cli(&["join", "1=c:7001,a:7001,B:7001"]));
+    assert_eq!(
+        again.trim(),
+        "configuration 1\ngroup 1 was already joined with these servers: unchanged"
+    );
+    let err = one_line_error(&env.cli(&["join", "2=d:7001,x:7001"]), 1);
+    assert!(
+        err.contains("group 2 is already in configuration 1 with other servers"),
+        "{err}"
+    );
     let table = ok(&env.cli(&["query"]));
     assert!(
         table.contains("configuration 1: 16 shards, 2 groups"),
@@ -183,6 +195,50 @@ fn cli_drives_a_three_member_controller() {
     assert!(
         err.contains("invalid argument") && err.contains("99"),
         "{err}"
+    );
+    assert!(!err.contains("invalid argument: invalid argument"), "{err}");
+
+    // Roles: a client certificate reads configurations but may not change them; a
+    // certificate from another CA is refused at the TLS handshake, and the CLI says so.
+    let as_cert = |name: &str, args: &[&str]| {
+        Command::new(CLIENT)
+            .arg("--ctrlers")
+            .arg(env.ctrlers())
+            .args(support::tls_args_as(env.dir.path(), name))
+            .args(["--timeout", "20s"])
+            .args(args)
+            .env_remove("QKV_JSON")
+            .output()
+            .unwrap()
+    };
+    ok(&as_cert("client", &["query"]));
+    let err = one_line_error(&as_cert("client", &["move", "1", "2"]), 1);
+    assert!(
+        err.contains(
+            "permission denied: quorumkv.shardctrler.ShardCtrler/Move needs an admin \
+                      certificate; this connection presented a client certificate"
+        ),
+        "{err}"
+    );
+    let stranger = tempfile::tempdir().unwrap();
+    support::write_certs(stranger.path());
+    std::fs::copy(env.cert("ca.pem"), stranger.path().join("certs/ca.pem")).unwrap();
+    let started = std::time::Instant::now();
+    let out = Command::new(CLIENT)
+        .arg("--ctrlers")
+        .arg(env.ctrlers())
+        .args(support::tls_args_as(stranger.path(), "admin"))
+        .args(["--timeout", "20", "query"])
+        .output()
+        .unwrap();
+    let err = one_line_error(&out, 1);
+    assert!(
+        err.contains("TLS: the server refused this client's TLS certificate (alert "),
+        "{err}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "a refusal is not retried"
     );
     // Bad arguments: exit 2 (clap's convention).
     assert_eq!(env.cli(&["join", "0=a:1"]).status.code(), Some(2));

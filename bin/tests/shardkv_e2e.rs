@@ -6,6 +6,7 @@
 
 mod support;
 
+use std::io::Write as _;
 use std::path::Path;
 use std::process::{Command, Output};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -61,8 +62,8 @@ impl Cluster {
     fn tls_files(&self) -> TlsFiles {
         TlsFiles {
             ca: support::cert(self.dir.path(), "ca.pem"),
-            cert: support::cert(self.dir.path(), "node.pem"),
-            key: support::cert(self.dir.path(), "node-key.pem"),
+            cert: support::cert(self.dir.path(), "admin.pem"),
+            key: support::cert(self.dir.path(), "admin-key.pem"),
         }
     }
 
@@ -128,6 +129,42 @@ fn cli_and_library_clients_lose_no_acknowledged_write_when_a_leader_is_killed() 
     assert!(missing.stdout.is_empty());
     assert_eq!(ok(&kv(&["--hex", "put", "00ff", "0a00"])), "");
     assert_eq!(ok(&kv(&["get", "--hex", "00ff"])), "0a00\n");
+    // A value of the full 1 MiB, which no command line can hold: from stdin, then from a file.
+    let big: Vec<u8> = (0..quorumkv_shardkv_client::MAX_VALUE_BYTES)
+        .map(|i| b'a' + (i % 26) as u8)
+        .collect();
+    let mut put = Command::new(KV_CLIENT)
+        .arg("--ctrlers")
+        .arg(c.addrs(0))
+        .args(support::tls_args_as(c.dir.path(), "client"))
+        .args(["--timeout", "20", "put", "big", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    put.stdin.take().unwrap().write_all(&big).unwrap();
+    ok(&put.wait_with_output().unwrap());
+    let got = ok(&c.run_as("client", KV_CLIENT, &["--timeout", "20", "get", "big"]));
+    assert!(got.as_bytes()[..big.len()] == big[..], "1 MiB from stdin");
+    let file = c.dir.path().join("value");
+    std::fs::write(&file, &big[..1000]).unwrap();
+    ok(&kv(&[
+        "append",
+        "small",
+        "--value-file",
+        file.to_str().unwrap(),
+    ]));
+    assert_eq!(ok(&kv(&["get", "small"])).len(), 1001);
+    // Roles: the node certificate may not write; the refusal says why.
+    let err = one_line_error(&c.run_as("node", KV_CLIENT, &["put", "x", "y"]), 1);
+    assert!(
+        err.contains(
+            "permission denied: quorumkv.shardkv.ShardKv/Put needs a client or admin \
+                      certificate; this connection presented a node certificate"
+        ),
+        "{err}"
+    );
     // Bad arguments: exit 2 (clap's convention), nothing sent.
     assert_eq!(kv(&["--hex", "get", "0g"]).status.code(), Some(2));
     assert_eq!(kv(&["get"]).status.code(), Some(2));
@@ -343,6 +380,23 @@ fn binaries_refuse_bad_flags_with_one_line() {
     assert!(err.contains("--ctrlers"), "{err}");
     let err = one_line_error(&server(&["--admin-listen", "127.0.0.1:7201"]), 1);
     assert!(err.contains("--admin-listen"), "{err}");
+    let as_client = Command::new(KV_SERVER)
+        .args(["--gid", "1", "--id", "1", "--cluster", "1=127.0.0.1:7201"])
+        .args([
+            "--ctrlers",
+            "127.0.0.1:7101",
+            "--data-dir",
+            data.to_str().unwrap(),
+        ])
+        .args(support::tls_args_as(dir.path(), "client"))
+        .env_remove("QKV_CONFIG")
+        .output()
+        .unwrap();
+    let err = one_line_error(&as_client, 1);
+    assert!(
+        err.contains("is a client certificate; a server needs a node certificate"),
+        "{err}"
+    );
     assert!(!Path::new(&data).exists(), "nothing may be created");
 
     // A TOML file takes the flags' long names; an unknown key is refused.
@@ -374,9 +428,40 @@ fn binaries_refuse_bad_flags_with_one_line() {
     }
     let big = "k".repeat(quorumkv_shardkv_client::MAX_KEY_BYTES + 1);
     assert_eq!(client(&["get", &big]).status.code(), Some(2));
-    // Nothing listens there: a bounded failure, one line, exit 1.
-    let err = one_line_error(&client(&["--timeout", "1", "get", "k"]), 1);
+    assert_eq!(
+        client(&["put", "", "v"]).status.code(),
+        Some(2),
+        "empty key"
+    );
+    assert_eq!(
+        client(&["--timeout", "5x", "get", "k"]).status.code(),
+        Some(2)
+    );
+    // Nothing listens there: a failure bounded by --timeout (configuration lookup included),
+    // one line, exit 1.
+    let started = std::time::Instant::now();
+    let err = one_line_error(&client(&["--timeout", "1s", "get", "k"]), 1);
     assert!(err.starts_with("shardkv-client: error: "), "{err}");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        started.elapsed()
+    );
+    // A missing TLS file: named once, with the OS's reason once.
+    let out = Command::new(KV_CLIENT)
+        .args([
+            "--ctrlers",
+            "127.0.0.1:1",
+            "--tls-ca",
+            "/nonexistent/ca.pem",
+        ])
+        .args(&tls[2..])
+        .args(["get", "k"])
+        .output()
+        .unwrap();
+    let err = one_line_error(&out, 1);
+    assert_eq!(err.matches("No such file or directory").count(), 1, "{err}");
+    assert!(err.contains("/nonexistent/ca.pem"), "{err}");
     // The bench reports its failures and exits 1 when nothing succeeded (its progress lines
     // precede the error on stderr).
     let out = client(&["--timeout", "1", "bench", "--ops", "3"]);

@@ -18,7 +18,7 @@ use quorumkv_shardctrler_client::{Config, CtrlerClient, UNASSIGNED};
 
 const EXAMPLES: &str = "\
 Examples:
-  shardctrler-client join 1=a:7001,b:7001,c:7001 2=d:7001,e:7001,f:7001
+  shardctrler-client join 1=a:7001,b:7001,c:7001 2=d:7001,e:7001,f:7001   (again: no change)
   shardctrler-client leave 1 2
   shardctrler-client move 17 2
   shardctrler-client query          (the latest configuration)
@@ -47,7 +47,10 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Cmd {
-    /// Add replica groups, then rebalance the shards over all groups.
+    /// Add replica groups, then rebalance the shards over all groups. Idempotent: a group
+    /// already in the configuration with the same servers is left as it is (and a join of
+    /// only such groups changes nothing and succeeds); one already in with other servers is
+    /// refused.
     Join {
         /// One group per argument: `GID=HOST:PORT,HOST:PORT,...` (gid non-zero, at least one
         /// server).
@@ -233,7 +236,22 @@ async fn run(cli: Cli, client: CtrlerClient, tls: TlsMaterial) -> Result<(), Str
         Cmd::Join { groups } => {
             let groups: BTreeMap<u64, Vec<String>> =
                 groups.into_iter().map(|g| (g.gid, g.servers)).collect();
-            print_num(client.join(groups).await.map_err(e)?, cli.common.json);
+            let done = client.ensure_joined(groups).await.map_err(e)?;
+            if cli.common.json {
+                out!(
+                    "{}",
+                    serde_json::json!({
+                        "num": done.num,
+                        "joined": done.joined,
+                        "already_joined": done.already,
+                    })
+                );
+            } else {
+                print_num(done.num, false);
+                for gid in &done.already {
+                    out!("group {gid} was already joined with these servers: unchanged");
+                }
+            }
         }
         Cmd::Leave { gids } => print_num(client.leave(gids).await.map_err(e)?, cli.common.json),
         Cmd::Move { shard, gid } => print_num(

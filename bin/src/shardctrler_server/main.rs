@@ -40,7 +40,7 @@ Flags override the environment, which overrides the file.";
 const EXAMPLES: &str = "\
 Example (three members on one machine):
   shardctrler-server --id 1 --cluster 1=localhost:7101,2=localhost:7102,3=localhost:7103 \\
-      --data-dir /tmp/ctl1 --tls-ca certs/ca.pem --tls-cert certs/node.pem --tls-key certs/node-key.pem\n\nHealth check (for images without curl; exit 0 when the URL answers 2xx, else 1):\n  shardctrler-server probe http://127.0.0.1:8101/health/ready [--timeout SECS]";
+      --data-dir /tmp/ctl1 --tls-ca certs/ca.pem --tls-cert certs/node.pem --tls-key certs/node-key.pem\n\nHealth check (for images without curl; exit 0 when the URL answers 2xx, else 1):\n  shardctrler-server probe http://127.0.0.1:8101/health/ready [--timeout 2s]";
 
 /// Flags of `shardctrler-server`.
 #[derive(Debug, Parser)]
@@ -77,6 +77,8 @@ struct Args {
     /// /health/ready` (200 only when this member can serve: in a group with a leader and a
     /// quorum, storage fine, caught up; else 503 with JSON naming the failed check) and `GET
     /// /metrics` (Prometheus). Off when not given. `SERVER probe URL` checks one of them.
+    /// Unauthenticated: whoever reaches the address reads health and metrics (never keys or
+    /// values), so bind it to 127.0.0.1 or a network only probes and monitoring reach.
     #[arg(long, env = "QKV_ADMIN_LISTEN", value_name = "IP:PORT")]
     admin_listen: Option<String>,
 
@@ -140,10 +142,12 @@ impl ServerConfig {
 }
 
 async fn run(cfg: ServerConfig) -> anyhow::Result<()> {
+    // First: a SIGTERM from here on stops the member, even one that arrives while it starts.
+    let shutdown = shutdown_signal();
     let listener = tokio::net::TcpListener::bind(cfg.member.listen)
         .await
         .with_context(|| format!("cannot listen on {}", cfg.member.listen))?;
-    Ok(quorumkv_shardctrler::serve(cfg.member_options(), listener, shutdown_signal()).await?)
+    Ok(quorumkv_shardctrler::serve(cfg.member_options(), listener, shutdown).await?)
 }
 
 fn main() -> ExitCode {

@@ -17,6 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use hdrhistogram::Histogram;
+use quorumkv_bin::parse_duration;
 use quorumkv_shardkv_client::{KvClient, KvError, MAX_VALUE_BYTES};
 
 use crate::etcd::{Etcd, EtcdKv};
@@ -32,9 +33,10 @@ pub struct BenchArgs {
     /// Concurrent clients, each issuing one operation at a time.
     #[arg(long, default_value_t = 64)]
     clients: usize,
-    /// Measure for this many seconds (after the warm-up). Default 10 unless --ops is given.
-    #[arg(long, value_name = "SECS", conflicts_with = "ops")]
-    duration: Option<f64>,
+    /// Measure for this long (after the warm-up): `10s`, `2m`, `500ms`, or bare seconds.
+    /// Default 10 s unless --ops is given.
+    #[arg(long, value_name = "DURATION", conflicts_with = "ops", value_parser = parse_duration)]
+    duration: Option<Duration>,
     /// Measure this many operations (after the warm-up) instead of a fixed duration.
     #[arg(long, value_name = "N")]
     ops: Option<u64>,
@@ -48,9 +50,9 @@ pub struct BenchArgs {
     /// puts.
     #[arg(long, default_value_t = 0.5, value_name = "0..1")]
     read_ratio: f64,
-    /// Run the load for this many seconds before measuring (not reported).
-    #[arg(long, value_name = "SECS", default_value_t = 0.0)]
-    warmup: f64,
+    /// Run the load this long before measuring (not reported): `5s`, `1m`, or bare seconds.
+    #[arg(long, value_name = "DURATION", default_value = "0s", value_parser = parse_duration)]
+    warmup: Duration,
     /// Put the same load on an etcd cluster instead, through etcd's KV API (plaintext gRPC;
     /// comma-separated endpoints such as `http://127.0.0.1:2379`): puts are `Put`s and gets
     /// linearizable `Range`s. For side-by-side measurements (scripts/bench-vs-etcd.sh).
@@ -116,14 +118,6 @@ pub struct Plan {
     warmup: Duration,
 }
 
-fn seconds(v: f64, flag: &str, allow_zero: bool) -> Result<Duration, String> {
-    if v.is_finite() && (v > 0.0 || (allow_zero && v == 0.0)) && v < 1e9 {
-        Ok(Duration::from_secs_f64(v))
-    } else {
-        Err(format!("{flag} {v} must be a positive number of seconds"))
-    }
-}
-
 impl BenchArgs {
     /// Checks every flag and names the one that is wrong.
     pub fn validate(&self) -> Result<Plan, String> {
@@ -136,7 +130,8 @@ impl BenchArgs {
         let stop = match (self.duration, self.ops) {
             (_, Some(0)) => return Err("--ops must be at least 1".into()),
             (_, Some(n)) => Stop::Ops(n),
-            (Some(d), None) => Stop::After(seconds(d, "--duration", false)?),
+            (Some(d), None) if d.is_zero() => return Err("--duration must be positive".into()),
+            (Some(d), None) => Stop::After(d),
             (None, None) => Stop::After(Duration::from_secs(10)),
         };
         if self.keys == 0 {
@@ -161,7 +156,7 @@ impl BenchArgs {
             keys: self.keys,
             value_size: self.value_size,
             read_ratio: self.read_ratio,
-            warmup: seconds(self.warmup, "--warmup", true)?,
+            warmup: self.warmup,
         })
     }
 }
@@ -177,6 +172,8 @@ enum Op {
 pub struct Errors {
     timeout: u64,
     invalid_argument: u64,
+    permission_denied: u64,
+    tls: u64,
     internal: u64,
 }
 
@@ -185,17 +182,21 @@ impl Errors {
         match e {
             KvError::Timeout { .. } => self.timeout += 1,
             KvError::InvalidArgument(_) => self.invalid_argument += 1,
+            KvError::PermissionDenied(_) => self.permission_denied += 1,
+            KvError::Tls(_) => self.tls += 1,
             KvError::Internal(_) => self.internal += 1,
         }
     }
 
     fn total(&self) -> u64 {
-        self.timeout + self.invalid_argument + self.internal
+        self.timeout + self.invalid_argument + self.permission_denied + self.tls + self.internal
     }
 
     fn add(&mut self, o: &Errors) {
         self.timeout += o.timeout;
         self.invalid_argument += o.invalid_argument;
+        self.permission_denied += o.permission_denied;
+        self.tls += o.tls;
         self.internal += o.internal;
     }
 
@@ -204,6 +205,8 @@ impl Errors {
             "total": self.total(),
             "timeout": self.timeout,
             "invalid_argument": self.invalid_argument,
+            "permission_denied": self.permission_denied,
+            "tls": self.tls,
             "internal": self.internal,
         })
     }
@@ -379,8 +382,12 @@ impl Report {
         );
         let _ = writeln!(
             out,
-            "errors:     {} timeout, {} invalid argument, {} internal",
-            all.errors.timeout, all.errors.invalid_argument, all.errors.internal
+            "errors:     {} timeout, {} invalid argument, {} permission denied, {} TLS, {} internal",
+            all.errors.timeout,
+            all.errors.invalid_argument,
+            all.errors.permission_denied,
+            all.errors.tls,
+            all.errors.internal
         );
         for s in &all.samples {
             let _ = writeln!(out, "  e.g. {s}");
@@ -642,6 +649,12 @@ mod tests {
         assert_eq!(p.clients, 64);
         assert!(matches!(p.stop, Stop::After(d) if d == Duration::from_secs(10)));
         assert!(matches!(plan(&["--ops", "5"]).unwrap().stop, Stop::Ops(5)));
+        let p = plan(&["--duration", "5s", "--warmup", "500ms"]).unwrap();
+        assert!(matches!(p.stop, Stop::After(d) if d == Duration::from_secs(5)));
+        assert_eq!(p.warmup, Duration::from_millis(500));
+        assert!(
+            matches!(plan(&["--duration", "2"]).unwrap().stop, Stop::After(d) if d == Duration::from_secs(2))
+        );
         for bad in [
             &["--clients", "0"][..],
             &["--read-ratio", "1.5"],

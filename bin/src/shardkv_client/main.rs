@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use clap::{CommandFactory, Parser, Subcommand};
 use quorumkv_bin::member::{self, AdminCall, MemberCmd};
 use quorumkv_bin::ClientArgs;
-use quorumkv_shardkv_client::{GroupCaller, KvClient, MAX_KEY_BYTES, MAX_VALUE_BYTES};
+use quorumkv_shardkv_client::{GroupCaller, KvClient, MAX_VALUE_BYTES};
 
 const EXAMPLES: &str = "\
 Examples:
@@ -25,6 +25,8 @@ Examples:
   shardkv-client append log:1 ,more
   shardkv-client delete user:1
   shardkv-client --hex put 00ff 0a0b0c      (binary key and value, given as hex)
+  shardkv-client put photo:1 --value-file photo.jpg   (the value from a file, up to 1 MiB)
+  tar c dir | shardkv-client put backup:1 -          (the value from stdin)
   shardkv-client status                     (every group: members, leader, shards)
   shardkv-client --json status              (for scripts)
   shardkv-client bench --clients 64 --duration 10 --read-ratio 0.9
@@ -56,24 +58,26 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Cmd {
-    /// Set KEY to VALUE (prints nothing).
+    /// Set KEY to VALUE (prints nothing). The value is the argument, `-` for stdin, or
+    /// --value-file.
     Put {
-        /// The key (at most 4 KiB).
+        /// The key (1 byte to 4 KiB).
         key: String,
-        /// The value (at most 1 MiB).
-        value: String,
+        #[command(flatten)]
+        value: ValueArg,
     },
     /// Print KEY's value followed by a newline; a missing key exits 1 with `not found`.
     Get {
         /// The key.
         key: String,
     },
-    /// Append VALUE to KEY's value; a missing key counts as empty (prints nothing).
+    /// Append VALUE to KEY's value; a missing key counts as empty (prints nothing). The value
+    /// is the argument, `-` for stdin, or --value-file.
     Append {
-        /// The key (at most 4 KiB).
+        /// The key (1 byte to 4 KiB).
         key: String,
-        /// The bytes to append (the resulting value at most 1 MiB).
-        value: String,
+        #[command(flatten)]
+        value: ValueArg,
     },
     /// Remove KEY; removing a missing key succeeds too (prints nothing).
     Delete {
@@ -98,6 +102,54 @@ enum Cmd {
         #[command(subcommand)]
         cmd: MemberCmd,
     },
+}
+
+/// Where a `put`/`append` value comes from: exactly one of the argument and --value-file.
+#[derive(Debug, clap::Args)]
+#[group(required = true, multiple = false)]
+struct ValueArg {
+    /// The value (at most 1 MiB; hex with --hex). `-` reads it from stdin instead, byte for
+    /// byte (a trailing newline is kept). A command line holds at most ~128 KiB: use `-` or
+    /// --value-file for larger values.
+    value: Option<String>,
+    /// Read the value from this file, byte for byte (never hex), at most 1 MiB.
+    #[arg(long, value_name = "FILE")]
+    value_file: Option<std::path::PathBuf>,
+}
+
+impl ValueArg {
+    /// The value's bytes: from the argument (hex with `--hex`), stdin, or the file; refused
+    /// past the value limit without reading more than one byte beyond it.
+    fn read(&self, hex: bool) -> Result<Vec<u8>, String> {
+        use std::io::Read;
+        let limited = |what: String, r: &mut dyn Read| {
+            let mut buf = Vec::new();
+            r.take(MAX_VALUE_BYTES as u64 + 1)
+                .read_to_end(&mut buf)
+                .map_err(|e| format!("cannot read the value from {what}: {e}"))?;
+            Ok::<_, String>(buf)
+        };
+        let value = match (&self.value, &self.value_file) {
+            (Some(v), _) if v == "-" => limited("stdin".into(), &mut std::io::stdin().lock())?,
+            (Some(v), _) => arg_bytes(v, hex, "value")?,
+            (None, Some(path)) => {
+                let mut f = std::fs::File::open(path)
+                    .map_err(|e| format!("--value-file {}: {e}", path.display()))?;
+                limited(format!("--value-file {}", path.display()), &mut f)?
+            }
+            (None, None) => unreachable!("clap requires the value or --value-file"),
+        };
+        quorumkv_shardkv_client::check_value(&value).map_err(reason)?;
+        Ok(value)
+    }
+}
+
+/// Why the library refused an argument (without its kind: clap says it is an invalid value).
+fn reason(e: quorumkv_shardkv_client::KvError) -> String {
+    match e {
+        quorumkv_shardkv_client::KvError::InvalidArgument(why) => why,
+        other => other.to_string(),
+    }
 }
 
 /// `key`/`value` as bytes: UTF-8 as given, or decoded from hex with `--hex`.
@@ -134,28 +186,13 @@ impl Request {
     fn parse(cmd: &Cmd, hex: bool) -> Result<Option<Request>, String> {
         let key = |k: &str| {
             let k = arg_bytes(k, hex, "key")?;
-            if k.len() > MAX_KEY_BYTES {
-                return Err(format!(
-                    "key of {} bytes exceeds the limit of {MAX_KEY_BYTES}",
-                    k.len()
-                ));
-            }
-            Ok(k)
-        };
-        let value = |v: &str| {
-            let v = arg_bytes(v, hex, "value")?;
-            if v.len() > MAX_VALUE_BYTES {
-                return Err(format!(
-                    "value of {} bytes exceeds the limit of {MAX_VALUE_BYTES}",
-                    v.len()
-                ));
-            }
-            Ok(v)
+            quorumkv_shardkv_client::check_key(&k).map_err(reason)?;
+            Ok::<_, String>(k)
         };
         Ok(Some(match cmd {
-            Cmd::Put { key: k, value: v } => Request::Put(key(k)?, value(v)?),
+            Cmd::Put { key: k, value: v } => Request::Put(key(k)?, v.read(hex)?),
             Cmd::Get { key: k } => Request::Get(key(k)?),
-            Cmd::Append { key: k, value: v } => Request::Append(key(k)?, value(v)?),
+            Cmd::Append { key: k, value: v } => Request::Append(key(k)?, v.read(hex)?),
             Cmd::Delete { key: k } => Request::Delete(key(k)?),
             Cmd::Status | Cmd::Bench(_) | Cmd::Member { .. } => return Ok(None),
         }))
@@ -416,13 +453,47 @@ mod tests {
         assert_eq!(to_hex(&[0, 255, 10]), "00ff0a");
     }
 
+    fn put(key: &str, value: Option<&str>, file: Option<&std::path::Path>) -> Cmd {
+        Cmd::Put {
+            key: key.into(),
+            value: ValueArg {
+                value: value.map(str::to_string),
+                value_file: file.map(std::path::Path::to_path_buf),
+            },
+        }
+    }
+
     #[test]
-    fn refuses_oversized_keys_before_sending() {
-        let cmd = Cmd::Put {
-            key: "k".repeat(MAX_KEY_BYTES + 1),
-            value: "v".into(),
-        };
-        let err = Request::parse(&cmd, false).err().unwrap();
+    fn refuses_empty_and_oversized_keys_before_sending() {
+        let long = "k".repeat(quorumkv_shardkv_client::MAX_KEY_BYTES + 1);
+        let err = Request::parse(&put(&long, Some("v"), None), false)
+            .err()
+            .unwrap();
         assert!(err.contains("exceeds the limit"), "{err}");
+        let err = Request::parse(&put("", Some("v"), None), false)
+            .err()
+            .unwrap();
+        assert!(err.contains("the key is empty"), "{err}");
+    }
+
+    #[test]
+    fn reads_values_from_files_up_to_the_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("v");
+        let max = vec![7u8; MAX_VALUE_BYTES];
+        std::fs::write(&path, &max).unwrap();
+        match Request::parse(&put("6b", None, Some(&path)), true).unwrap() {
+            Some(Request::Put(_, v)) => assert_eq!(v, max, "read as bytes, never as hex"),
+            _ => panic!("not a put"),
+        }
+        std::fs::write(&path, vec![7u8; MAX_VALUE_BYTES + 1]).unwrap();
+        let err = Request::parse(&put("k", None, Some(&path)), false)
+            .err()
+            .unwrap();
+        assert!(err.contains("exceeds the limit"), "{err}");
+        let err = Request::parse(&put("k", None, Some(&dir.path().join("none"))), false)
+            .err()
+            .unwrap();
+        assert!(err.contains("--value-file"), "{err}");
     }
 }

@@ -39,7 +39,7 @@ Example (group 1, three members on one machine):
   shardkv-server --gid 1 --id 1 --cluster 1=localhost:7201,2=localhost:7202,3=localhost:7203 \\
       --ctrlers localhost:7101,localhost:7102,localhost:7103 --data-dir /tmp/g1-1 \\
       --tls-ca certs/ca.pem --tls-cert certs/node.pem --tls-key certs/node-key.pem
-  shardctrler-client join 1=localhost:7201,localhost:7202,localhost:7203\n\nHealth check (for images without curl; exit 0 when the URL answers 2xx, else 1):\n  shardkv-server probe http://127.0.0.1:8201/health/ready [--timeout SECS]";
+  shardctrler-client join 1=localhost:7201,localhost:7202,localhost:7203\n\nHealth check (for images without curl; exit 0 when the URL answers 2xx, else 1):\n  shardkv-server probe http://127.0.0.1:8201/health/ready [--timeout 2s]";
 
 /// Flags of `shardkv-server`.
 #[derive(Debug, Parser)]
@@ -80,6 +80,8 @@ struct Args {
     /// /health/ready` (200 only when this member can serve: in a group with a leader and a
     /// quorum, storage fine, caught up; else 503 with JSON naming the failed check) and `GET
     /// /metrics` (Prometheus). Off when not given. `SERVER probe URL` checks one of them.
+    /// Unauthenticated: whoever reaches the address reads health and metrics (never keys or
+    /// values), so bind it to 127.0.0.1 or a network only probes and monitoring reach.
     #[arg(long, env = "QKV_ADMIN_LISTEN", value_name = "IP:PORT")]
     admin_listen: Option<String>,
 
@@ -154,6 +156,8 @@ impl ServerConfig {
 }
 
 async fn run(cfg: ServerConfig) -> anyhow::Result<()> {
+    // First: a SIGTERM from here on stops the member, even one that arrives while it starts.
+    let shutdown = shutdown_signal();
     let listener = tokio::net::TcpListener::bind(cfg.member.listen)
         .await
         .with_context(|| format!("cannot listen on {}", cfg.member.listen))?;
@@ -162,7 +166,7 @@ async fn run(cfg: ServerConfig) -> anyhow::Result<()> {
         .context("cannot start the member")?;
     let mut status = member.node().watch_status();
     let stopped_by_itself = tokio::select! {
-        _ = shutdown_signal() => false,
+        _ = shutdown => false,
         // A driver that stopped by itself (fatal storage error) ends the process too.
         _ = status.wait_for(|s| s.stopped) => true,
     };

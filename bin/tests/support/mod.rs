@@ -10,6 +10,7 @@ use std::process::{Child, Output};
 use std::time::{Duration, Instant};
 
 use quorumkv_common::certs::{write_pem, Ca};
+use quorumkv_common::Role;
 
 /// Kills the processes when dropped (SIGKILL: the tests do not need a graceful exit).
 #[derive(Default)]
@@ -30,17 +31,19 @@ impl Drop for Servers {
 /// `quorumkv_testkit::ports`): a server killed and restarted by a test binds it again.
 pub use quorumkv_testkit::ports::free_port;
 
-/// Writes a fresh CA and a `node` certificate for localhost and 127.0.0.1 to `dir/certs`
-/// (the node certificate serves as the clients' too).
-pub fn write_certs(dir: &Path) {
+/// Writes a fresh CA, a `node` certificate for localhost and 127.0.0.1 (the servers'), an
+/// `admin` and a `client` certificate to `dir/certs`; returns the CA.
+pub fn write_certs(dir: &Path) -> Ca {
     let certs = dir.join("certs");
     let ca = Ca::generate("test-ca").unwrap();
     std::fs::create_dir_all(&certs).unwrap();
     std::fs::write(certs.join("ca.pem"), &ca.pem().cert).unwrap();
-    let node = ca
-        .issue("node", &["localhost".into(), "127.0.0.1".into()])
-        .unwrap();
-    write_pem(&certs, "node", &node).unwrap();
+    for role in [Role::Node, Role::Admin, Role::Client] {
+        let sans = ["localhost".to_string(), "127.0.0.1".to_string()];
+        let pem = ca.issue(role.name(), role, &sans).unwrap();
+        write_pem(&certs, role.name(), &pem).unwrap();
+    }
+    ca
 }
 
 /// The file `name` written by [`write_certs`].
@@ -48,15 +51,20 @@ pub fn cert(dir: &Path, name: &str) -> PathBuf {
     dir.join("certs").join(name)
 }
 
-/// The TLS flags of every binary, pointing at the files of [`write_certs`].
+/// The TLS flags of the servers: the node certificate of [`write_certs`].
 pub fn tls_args(dir: &Path) -> Vec<String> {
+    tls_args_as(dir, "node")
+}
+
+/// The TLS flags with certificate `name` (`node`, `admin`, `client`) of [`write_certs`].
+pub fn tls_args_as(dir: &Path, name: &str) -> Vec<String> {
     vec![
         "--tls-ca".into(),
         cert(dir, "ca.pem").display().to_string(),
         "--tls-cert".into(),
-        cert(dir, "node.pem").display().to_string(),
+        cert(dir, &format!("{name}.pem")).display().to_string(),
         "--tls-key".into(),
-        cert(dir, "node-key.pem").display().to_string(),
+        cert(dir, &format!("{name}-key.pem")).display().to_string(),
     ]
 }
 
@@ -268,12 +276,18 @@ impl ProcCluster {
         child.wait().unwrap();
     }
 
-    /// Runs a client binary against the controller, with the cluster's certificates.
+    /// Runs a client binary against the controller, with the cluster's admin certificate (as
+    /// an operator's shell would).
     pub fn run(&self, bin: &str, args: &[&str]) -> Output {
+        self.run_as("admin", bin, args)
+    }
+
+    /// [`ProcCluster::run`] with certificate `name` of [`write_certs`].
+    pub fn run_as(&self, name: &str, bin: &str, args: &[&str]) -> Output {
         std::process::Command::new(bin)
             .arg("--ctrlers")
             .arg(self.addrs(0, &[1, 2, 3]).join(","))
-            .args(tls_args(self.dir.path()))
+            .args(tls_args_as(self.dir.path(), name))
             .args(args)
             .env_remove("QKV_JSON")
             .env_remove("QKV_TIMEOUT")

@@ -7,19 +7,23 @@
 //! - [`tls`]: loading the PEM files of a node or client into tonic's mutual-TLS configuration.
 //!   Servers always require a client certificate signed by the cluster CA.
 //! - [`rpc`]: how errors travel over gRPC (codes + metadata) so clients can act on them.
-//! - [`certs`]: generating a CA and node/client certificates with `rcgen` (no openssl), used by
-//!   the `quorumkv-certs` command, the tests and the demo.
+//! - [`certs`]: generating a CA and node/client/admin certificates with `rcgen` (no openssl),
+//!   used by the `quorumkv-certs` command, the tests and the demo.
+//! - [`auth`]: certificate roles (node, client, admin) and the one table of who may call which
+//!   gRPC method, enforced by a tower layer every server mounts.
 //!
 //! Deliberately absent: anything that reads argv or the environment, installs a tracing
 //! subscriber or talks to the network. Those belong to the binaries.
 
 pub mod addr;
+pub mod auth;
 pub mod certs;
 pub mod rpc;
 pub mod shard;
 pub mod tls;
 
 pub use addr::{parse_members, HostPort, Member};
+pub use auth::{AuthLayer, Role};
 pub use shard::shard_of;
 pub use tls::{TlsFiles, TlsMaterial};
 
@@ -31,12 +35,13 @@ pub enum CommonError {
     /// this error in their own "invalid argument" add that prefix once.)
     #[error("{0}")]
     InvalidArgument(String),
-    /// A file could not be read or written.
-    #[error("{path}: {source}")]
+    /// A file could not be read or written. The OS's reason is part of the message and
+    /// deliberately not a `source()`: error reporters that print the chain (anyhow's `{:#}`)
+    /// would otherwise print it twice.
+    #[error("{path}: {reason}")]
     Io {
         path: String,
-        #[source]
-        source: std::io::Error,
+        reason: std::io::Error,
     },
     /// Certificate generation or parsing failed.
     #[error("certificate error: {0}")]
@@ -44,10 +49,10 @@ pub enum CommonError {
 }
 
 impl CommonError {
-    pub(crate) fn io(path: &std::path::Path, source: std::io::Error) -> Self {
+    pub(crate) fn io(path: &std::path::Path, reason: std::io::Error) -> Self {
         CommonError::Io {
             path: path.display().to_string(),
-            source,
+            reason,
         }
     }
 }

@@ -20,7 +20,7 @@ async fn admin(c: &TestCluster, id: u64) -> RaftAdminClient<Channel> {
     let hp = HostPort::parse(addr).unwrap();
     let channel = Endpoint::from_shared(format!("https://{addr}"))
         .unwrap()
-        .tls_config(c.pki.node.client_config(hp.tls_name()))
+        .tls_config(c.pki.admin.client_config(hp.tls_name()))
         .unwrap()
         .connect_timeout(Duration::from_secs(2))
         .connect_lazy();

@@ -10,7 +10,8 @@
 //! - remembers which member led last and goes there first, follows `NotLeader` hints (which
 //!   may name a member not in the initial list), and otherwise tries the members in turn;
 //! - retries retryable failures (not leader, unavailable, timeout) with jittered exponential
-//!   backoff, and returns a refusal ([`ClientError::InvalidArgument`]) at once;
+//!   backoff, and returns a refusal ([`ClientError::InvalidArgument`],
+//!   [`ClientError::PermissionDenied`], [`ClientError::Tls`]) at once;
 //! - bounds every call by one deadline (default [`DEFAULT_TIMEOUT`]), after which it returns
 //!   [`ClientError::Timeout`].
 //!
@@ -90,6 +91,28 @@ impl Config {
     }
 }
 
+/// What [`CtrlerClient::ensure_joined`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Joined {
+    /// The configuration that has every group: the one the join created, or the latest when
+    /// nothing needed joining.
+    pub num: u64,
+    /// The gids this call joined.
+    pub joined: Vec<u64>,
+    /// The gids that were already in with the same servers (left unchanged).
+    pub already: Vec<u64>,
+}
+
+/// Whether two server lists name the same servers (order and host-name case aside).
+fn same_servers(a: &[String], b: &[String]) -> bool {
+    let norm = |l: &[String]| {
+        let mut v: Vec<String> = l.iter().map(|s| s.trim().to_ascii_lowercase()).collect();
+        v.sort();
+        v
+    };
+    norm(a) == norm(b)
+}
+
 /// Why a call failed, named by what the caller should do.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ClientError {
@@ -104,6 +127,14 @@ pub enum ClientError {
         after: Duration,
         last_error: Option<String>,
     },
+    /// The controller refused this client's certificate for the call: it lacks the role the
+    /// call needs (changes need an admin certificate). Use another certificate.
+    #[error("permission denied: {0}")]
+    PermissionDenied(String),
+    /// Mutual TLS with the controller failed on a certificate (this client's was refused, or
+    /// the controller's is not trusted); the message says which. Fix the TLS files.
+    #[error("TLS: {0}")]
+    Tls(String),
     /// The controller failed in a way retrying cannot fix; report it.
     #[error("controller error: {0}")]
     Internal(String),
@@ -199,6 +230,61 @@ impl CtrlerClient {
         Ok(reply?.into_inner().num)
     }
 
+    /// Makes every group of `groups` part of the configuration, idempotently: joins those the
+    /// latest configuration lacks (in one `join`), and leaves alone those it already has with
+    /// the same servers (compared as sets, host names case-insensitively). A gid already in
+    /// with other servers is refused ([`ClientError::InvalidArgument`]) and nothing changes.
+    /// Meant for callers that declare their groups and apply the declaration on every start
+    /// (Compose, the Kubernetes join Job, the demo): calling it again is a no-op.
+    pub async fn ensure_joined(
+        &self,
+        groups: BTreeMap<u64, Vec<String>>,
+    ) -> Result<Joined, ClientError> {
+        let mut raced = false;
+        loop {
+            let config = self.query(None).await?;
+            let mut missing = BTreeMap::new();
+            let mut already = Vec::new();
+            for (gid, servers) in &groups {
+                match config.groups.get(gid) {
+                    Some(have) if same_servers(have, servers) => already.push(*gid),
+                    Some(have) => {
+                        return Err(ClientError::InvalidArgument(format!(
+                            "group {gid} is already in configuration {} with other servers \
+                             ({}); `leave` it first, or record its servers with set-servers",
+                            config.num,
+                            have.join(",")
+                        )))
+                    }
+                    None => {
+                        missing.insert(*gid, servers.clone());
+                    }
+                }
+            }
+            if missing.is_empty() {
+                return Ok(Joined {
+                    num: config.num,
+                    joined: Vec::new(),
+                    already,
+                });
+            }
+            let joined: Vec<u64> = missing.keys().copied().collect();
+            match self.join(missing).await {
+                Ok(num) => {
+                    return Ok(Joined {
+                        num,
+                        joined,
+                        already,
+                    })
+                }
+                // Someone else joined one of them between our query and our join: look again
+                // (once; a refusal that persists is returned).
+                Err(ClientError::InvalidArgument(_)) if !raced => raced = true,
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
     /// Removes groups and returns the new configuration's number.
     pub async fn leave(&self, gids: Vec<u64>) -> Result<u64, ClientError> {
         let seq = self.next_seq().await;
@@ -280,9 +366,22 @@ impl CtrlerClient {
     /// Configuration `num`, or the latest for `None` (or for a number not reached yet). A
     /// linearizable read: it reflects every change acknowledged before the call.
     pub async fn query(&self, num: Option<u64>) -> Result<Config, ClientError> {
+        self.query_within(num, self.timeout).await
+    }
+
+    /// [`CtrlerClient::query`] with its own deadline instead of the client's (a caller with a
+    /// shorter deadline of its own, such as the key/value client, bounds its lookups by it).
+    pub async fn query_within(
+        &self,
+        num: Option<u64>,
+        timeout: Duration,
+    ) -> Result<Config, ClientError> {
         let req = pb::QueryRequest { num };
         let config = self
-            .call(|mut c, t| async move { c.query(with_timeout(req, t)).await })
+            .call_within(timeout, ATTEMPT_TIMEOUT, |channel, t| {
+                let mut c = ShardCtrlerClient::new(channel);
+                async move { c.query(with_timeout(req, t)).await }
+            })
             .await?
             .into_inner()
             .config
@@ -333,8 +432,23 @@ impl CtrlerClient {
         A: Fn(Channel, Duration) -> F,
         F: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
     {
+        self.call_within(self.timeout, attempt_timeout, attempt)
+            .await
+    }
+
+    /// [`CtrlerClient::call_with`] bounded by `timeout` instead of the client's deadline.
+    async fn call_within<T, A, F>(
+        &self,
+        timeout: Duration,
+        attempt_timeout: Duration,
+        attempt: A,
+    ) -> Result<tonic::Response<T>, ClientError>
+    where
+        A: Fn(Channel, Duration) -> F,
+        F: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
         let started = Instant::now();
-        let deadline = started + self.timeout;
+        let deadline = started + timeout;
         let mut rotation = self
             .addrs
             .iter()
@@ -352,7 +466,7 @@ impl CtrlerClient {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 return Err(ClientError::Timeout {
-                    after: self.timeout,
+                    after: timeout,
                     last_error,
                 });
             }
@@ -372,6 +486,10 @@ impl CtrlerClient {
                         ErrorKind::InvalidArgument | ErrorKind::NotFound => {
                             return Err(ClientError::InvalidArgument(e.message));
                         }
+                        ErrorKind::PermissionDenied => {
+                            return Err(ClientError::PermissionDenied(e.message))
+                        }
+                        ErrorKind::Tls => return Err(ClientError::Tls(e.message)),
                         ErrorKind::Internal => return Err(ClientError::Internal(e.message)),
                         ErrorKind::NotLeader {
                             leader: Some(leader),
@@ -450,7 +568,9 @@ mod tests {
             .port();
         quorumkv_common::tls::install_crypto_provider();
         let ca = quorumkv_common::certs::Ca::generate("ca").unwrap();
-        let leaf = ca.issue("client", &["localhost".into()]).unwrap();
+        let leaf = ca
+            .issue("client", quorumkv_common::Role::Client, &[])
+            .unwrap();
         let tls = TlsMaterial::from_pem(&ca.pem().cert, &leaf.cert, &leaf.key);
         let c = CtrlerClient::connect(vec![format!("127.0.0.1:{port}")], tls)
             .unwrap()

@@ -201,6 +201,8 @@ impl CtrlerMember {
         let server = tonic::transport::Server::builder()
             .tls_config(tls.server_config())
             .map_err(|e| cannot_start(format!("TLS configuration: {e}")))?
+            // Who may call what, by the role in the peer's certificate (quorumkv_common::auth).
+            .layer(quorumkv_common::AuthLayer)
             .add_service(raft_service.into_server())
             .add_service(RaftAdminService::new(node.clone()).into_server())
             .add_service(

@@ -115,15 +115,18 @@ impl CtrlerService {
 }
 
 /// A controller refusal as a status (see `quorumkv_common::rpc`).
+/// The message carries the reason only: the client's own error type names the kind
+/// ("invalid argument: ..."), so the kind's name must not be part of the message too.
 fn error_status(e: CtrlError) -> Status {
-    let kind = match &e {
-        CtrlError::InvalidArgument(_) => ErrorKind::InvalidArgument,
+    match e {
+        CtrlError::InvalidArgument(why) => to_status(ErrorKind::InvalidArgument, why),
         // Only a client that reuses an old sequence number sees this: a client bug, so the
         // request is refused rather than retried.
-        CtrlError::Superseded { .. } => ErrorKind::InvalidArgument,
-        CtrlError::CorruptSnapshot(_) | CtrlError::CannotStart(_) => ErrorKind::Internal,
-    };
-    to_status(kind, e.to_string())
+        e @ CtrlError::Superseded { .. } => to_status(ErrorKind::InvalidArgument, e.to_string()),
+        e @ (CtrlError::CorruptSnapshot(_) | CtrlError::CannotStart(_)) => {
+            to_status(ErrorKind::Internal, e.to_string())
+        }
+    }
 }
 
 /// The checks of `Controller::apply` that need no configuration.
@@ -322,6 +325,14 @@ mod tests {
     use crate::RequestId;
 
     const ID: RequestId = RequestId { client: 1, seq: 1 };
+
+    /// The client prefixes the kind ("invalid argument: "); the status must not as well.
+    #[test]
+    fn refusals_carry_the_reason_without_the_kind() {
+        let s = error_status(CtrlError::InvalidArgument("group 1 is already in".into()));
+        assert_eq!(s.code(), tonic::Code::InvalidArgument);
+        assert_eq!(s.message(), "group 1 is already in");
+    }
 
     #[test]
     fn precheck_refuses_stateless_mistakes() {

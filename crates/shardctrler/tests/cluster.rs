@@ -94,7 +94,7 @@ impl Ctl {
     fn client(&self) -> CtrlerClient {
         CtrlerClient::connect(
             self.addrs.values().cloned().collect(),
-            self.pki.node.clone(),
+            self.pki.admin.clone(),
         )
         .unwrap()
         .with_timeout(WAIT)
@@ -155,7 +155,7 @@ impl Ctl {
     async fn grpc(&self, id: u64) -> ShardCtrlerClient<Channel> {
         let channel = Endpoint::from_shared(format!("https://{}", self.addrs[&id]))
             .unwrap()
-            .tls_config(self.pki.node.client_config("127.0.0.1"))
+            .tls_config(self.pki.admin.client_config("127.0.0.1"))
             .unwrap()
             .connect()
             .await
@@ -622,6 +622,40 @@ async fn a_stopping_leader_hands_over_and_the_admin_port_counts_requests() {
     assert!(text.contains(&format!(
         "quorumkv_ctrler_config_num{{group=\"0\",node=\"{leader}\"}} {num}"
     )));
+    quorumkv_testkit::metrics::assert_families_documented(
+        &text,
+        quorumkv_testkit::metrics::Server::Controller,
+    );
+
+    // Roles, over real TLS: a node certificate (what the groups hold) queries but cannot
+    // change the configuration; a client certificate neither. Nothing changes.
+    for (who, tls) in [("node", &c.pki.node), ("client", &c.pki.client)] {
+        let as_who = CtrlerClient::connect(c.addrs.values().cloned().collect(), tls.clone())
+            .unwrap()
+            .with_timeout(WAIT);
+        assert_eq!(as_who.query(None).await.unwrap().num, num);
+        match as_who.join(one(7)).await {
+            Err(quorumkv_shardctrler_client::ClientError::PermissionDenied(m)) => assert!(
+                m.contains("Join needs an admin certificate")
+                    && m.contains(&format!("presented a {who} certificate")),
+                "{m}"
+            ),
+            other => panic!("{who} joined: {other:?}"),
+        }
+        assert!(matches!(
+            as_who.leave(vec![1]).await,
+            Err(quorumkv_shardctrler_client::ClientError::PermissionDenied(
+                _
+            ))
+        ));
+        assert!(matches!(
+            as_who.set_servers(1, vec!["x:1".into()]).await,
+            Err(quorumkv_shardctrler_client::ClientError::PermissionDenied(
+                _
+            ))
+        ));
+    }
+    assert_eq!(latest(&ck).await.num, num);
 
     let term = c.statuses()[&leader].term;
     let member = c.members.remove(&leader).unwrap();

@@ -194,6 +194,8 @@ impl GroupCaller {
                 ErrorKind::WrongGroup
                 | ErrorKind::InvalidArgument
                 | ErrorKind::NotFound
+                | ErrorKind::PermissionDenied
+                | ErrorKind::Tls
                 | ErrorKind::Internal => return Err(err),
             }
             last = Some(err);

@@ -30,7 +30,8 @@ use quorumkv_shardctrler_client::{Config, CtrlerClient};
 
 pub use group::{GroupCaller, MAX_MESSAGE_BYTES};
 
-/// Largest key the servers accept, in bytes.
+/// Largest key the servers accept, in bytes (and the smallest is one byte: empty keys are
+/// refused).
 pub const MAX_KEY_BYTES: usize = 4 * 1024;
 /// Largest value the servers accept, in bytes.
 pub const MAX_VALUE_BYTES: usize = 1024 * 1024;
@@ -41,6 +42,14 @@ pub enum KvError {
     /// The request can never succeed as it is (too large, malformed). Nothing changed.
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
+    /// The cluster refused this client's certificate for the call: it lacks the role the
+    /// call needs (reads and writes need a client or admin certificate). Use another one.
+    #[error("permission denied: {0}")]
+    PermissionDenied(String),
+    /// Mutual TLS with a server failed on a certificate (this client's was refused, or the
+    /// server's is not trusted); the message says which. Fix the TLS files.
+    #[error("TLS: {0}")]
+    Tls(String),
     /// No answer within the deadline. For a write the outcome is unknown; retrying it with
     /// the same client is safe (it is applied at most once).
     #[error("timed out after {after:?}{}", .last_error.as_ref().map(|e| format!(" (last error: {e})")).unwrap_or_default())]
@@ -51,6 +60,45 @@ pub enum KvError {
     /// A failure retrying cannot fix; report it.
     #[error("internal error: {0}")]
     Internal(String),
+}
+
+impl From<quorumkv_shardctrler_client::ClientError> for KvError {
+    fn from(e: quorumkv_shardctrler_client::ClientError) -> Self {
+        use quorumkv_shardctrler_client::ClientError as C;
+        match e {
+            C::InvalidArgument(m) => KvError::InvalidArgument(m),
+            C::PermissionDenied(m) => KvError::PermissionDenied(m),
+            C::Tls(m) => KvError::Tls(m),
+            C::Timeout { after, last_error } => KvError::Timeout { after, last_error },
+            C::Internal(m) => KvError::Internal(m),
+        }
+    }
+}
+
+/// Refuses a key the servers would refuse: empty (a key names something, as in etcd) or over
+/// [`MAX_KEY_BYTES`].
+pub fn check_key(key: &[u8]) -> Result<(), KvError> {
+    if key.is_empty() {
+        return Err(KvError::InvalidArgument("the key is empty".into()));
+    }
+    if key.len() > MAX_KEY_BYTES {
+        return Err(KvError::InvalidArgument(format!(
+            "key of {} bytes exceeds the limit of {MAX_KEY_BYTES}",
+            key.len()
+        )));
+    }
+    Ok(())
+}
+
+/// Refuses a value over [`MAX_VALUE_BYTES`] (an empty value is a value).
+pub fn check_value(value: &[u8]) -> Result<(), KvError> {
+    if value.len() > MAX_VALUE_BYTES {
+        return Err(KvError::InvalidArgument(format!(
+            "value of {} bytes exceeds the limit of {MAX_VALUE_BYTES}",
+            value.len()
+        )));
+    }
+    Ok(())
 }
 
 #[derive(Clone, Copy)]
@@ -74,12 +122,7 @@ impl KvClient {
     /// A client of the cluster whose controller members are `ctrlers` (`host:port`).
     /// Connections are made lazily.
     pub fn connect(ctrlers: Vec<String>, tls: TlsMaterial) -> Result<Self, KvError> {
-        let ctrler = CtrlerClient::connect(ctrlers, tls.clone()).map_err(|e| match e {
-            quorumkv_shardctrler_client::ClientError::InvalidArgument(m) => {
-                KvError::InvalidArgument(m)
-            }
-            other => KvError::Internal(other.to_string()),
-        })?;
+        let ctrler = CtrlerClient::connect(ctrlers, tls.clone()).map_err(KvError::from)?;
         Ok(KvClient {
             ctrler: Arc::new(ctrler),
             groups: Arc::new(GroupCaller::new(tls)),
@@ -122,29 +165,14 @@ impl KvClient {
         self.config.read().clone()
     }
 
-    /// Fetches the latest configuration from the controller.
+    /// Fetches the latest configuration from the controller, within this client's deadline.
     pub async fn refresh_config(&self) -> Result<Config, KvError> {
-        let c = self.ctrler.query(None).await.map_err(|e| match e {
-            quorumkv_shardctrler_client::ClientError::Timeout { after, last_error } => {
-                KvError::Timeout { after, last_error }
-            }
-            other => KvError::Internal(other.to_string()),
-        })?;
+        let c = self.ctrler.query_within(None, self.timeout).await?;
         let mut cached = self.config.write();
         if c.num > cached.num {
             *cached = c.clone();
         }
         Ok(cached.clone())
-    }
-
-    fn check_key(key: &[u8]) -> Result<(), KvError> {
-        if key.len() > MAX_KEY_BYTES {
-            return Err(KvError::InvalidArgument(format!(
-                "key of {} bytes exceeds the limit of {MAX_KEY_BYTES}",
-                key.len()
-            )));
-        }
-        Ok(())
     }
 
     /// Runs `f` against the group owning `key`, refreshing the configuration as needed.
@@ -208,6 +236,14 @@ impl KvClient {
                     kind: ErrorKind::InvalidArgument,
                     message,
                 }) => return Err(KvError::InvalidArgument(message)),
+                Err(RpcError {
+                    kind: ErrorKind::PermissionDenied,
+                    message,
+                }) => return Err(KvError::PermissionDenied(message)),
+                Err(RpcError {
+                    kind: ErrorKind::Tls,
+                    message,
+                }) => return Err(KvError::Tls(message)),
                 Err(e) if e.kind.is_retryable() => last = Some(e.message),
                 Err(e) => return Err(KvError::Internal(e.message)),
             }
@@ -216,7 +252,7 @@ impl KvClient {
 
     /// Reads `key` (linearizable). `None` when the key does not exist.
     pub async fn get(&self, key: &[u8]) -> Result<Option<Bytes>, KvError> {
-        Self::check_key(key)?;
+        check_key(key)?;
         let key = Bytes::copy_from_slice(key);
         let reply = self
             .route(&key.clone(), |mut c, num| {
@@ -231,13 +267,8 @@ impl KvClient {
     }
 
     async fn write(&mut self, kind: WriteKind, key: &[u8], value: &[u8]) -> Result<(), KvError> {
-        Self::check_key(key)?;
-        if value.len() > MAX_VALUE_BYTES {
-            return Err(KvError::InvalidArgument(format!(
-                "value of {} bytes exceeds the limit of {MAX_VALUE_BYTES}",
-                value.len()
-            )));
-        }
+        check_key(key)?;
+        check_value(value)?;
         self.seq += 1;
         let id = pb::RequestId {
             client_id: self.client_id,

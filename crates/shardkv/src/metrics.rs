@@ -55,6 +55,8 @@ pub fn result_label<T>(r: &Result<T, Status>) -> &'static str {
         ErrorKind::Timeout => "timeout",
         ErrorKind::ShuttingDown
         | ErrorKind::NotFound
+        | ErrorKind::PermissionDenied
+        | ErrorKind::Tls
         | ErrorKind::Unavailable
         | ErrorKind::Internal => "other",
     }

@@ -155,6 +155,8 @@ impl KvMember {
         let router = tonic::transport::Server::builder()
             .tls_config(tls.server_config())
             .map_err(|e| StartError::InvalidArgument(format!("TLS configuration: {e}")))?
+            // Who may call what, by the role in the peer's certificate (quorumkv_common::auth).
+            .layer(quorumkv_common::AuthLayer)
             .add_service(raft_service.into_server())
             .add_service(RaftAdminService::new(node.clone()).into_server())
             .add_service(KvService::new(node.clone(), gate.clone(), metrics.clone()).into_server());

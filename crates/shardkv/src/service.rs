@@ -22,8 +22,9 @@ use tonic::{Request, Response, Status};
 
 use crate::metrics::{KvMetrics, Op};
 
-use crate::state::{decode_outcome, Refusal, ShardKvState, MAX_KEY_BYTES, MAX_VALUE_BYTES};
+use crate::state::{decode_outcome, Refusal, ShardKvState};
 use crate::store::StoreError;
+use quorumkv_shardkv_client::KvError;
 
 /// Upper bound of one migration chunk's keys and values, in bytes (well under the Raft
 /// command limit, since the chunk becomes one log entry on the receiving group).
@@ -54,17 +55,15 @@ pub(crate) fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
-fn check_key(key: &[u8]) -> Result<(), Status> {
-    if key.len() > MAX_KEY_BYTES {
-        return Err(to_status(
-            ErrorKind::InvalidArgument,
-            format!(
-                "key of {} bytes exceeds the limit of {MAX_KEY_BYTES}",
-                key.len()
-            ),
-        ));
-    }
-    Ok(())
+/// The client library's limits (an empty key, a key or value too large), enforced here too
+/// for clients that skip them.
+fn check_limits(key: &[u8], value: &[u8]) -> Result<(), Status> {
+    quorumkv_shardkv_client::check_key(key)
+        .and_then(|()| quorumkv_shardkv_client::check_value(value))
+        .map_err(|e| match e {
+            KvError::InvalidArgument(why) => to_status(ErrorKind::InvalidArgument, why),
+            other => to_status(ErrorKind::Internal, other.to_string()),
+        })
 }
 
 /// Proposes `cmd` and turns the applied outcome into a reply.
@@ -138,7 +137,7 @@ impl KvService {
     }
 
     async fn serve_get(&self, req: pb::GetRequest) -> Result<Response<pb::GetReply>, Status> {
-        check_key(&req.key)?;
+        check_limits(&req.key, &[])?;
         let key = req.key;
         let result = self
             .node
@@ -163,16 +162,7 @@ impl KvService {
         value: Bytes,
         id: Option<pb::RequestId>,
     ) -> Result<Response<pb::WriteReply>, Status> {
-        check_key(&key)?;
-        if value.len() > MAX_VALUE_BYTES {
-            return Err(to_status(
-                ErrorKind::InvalidArgument,
-                format!(
-                    "value of {} bytes exceeds the limit of {MAX_VALUE_BYTES}",
-                    value.len()
-                ),
-            ));
-        }
+        check_limits(&key, &value)?;
         if id.is_none() {
             return Err(to_status(ErrorKind::InvalidArgument, "missing request id"));
         }

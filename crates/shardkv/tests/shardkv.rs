@@ -449,7 +449,7 @@ async fn limits_deletes_and_exactly_once() {
     // The same request id twice: applied once.
     let leader = c.leader(1).unwrap();
     let addr = c.group_servers(1)[(leader - 1) as usize].clone();
-    let groups = quorumkv_shardkv_client::GroupCaller::new(c.pki.node.clone());
+    let groups = quorumkv_shardkv_client::GroupCaller::new(c.pki.client.clone());
     let mut raw = groups.client(&addr).unwrap();
     let req = pb::PutRequest {
         key: bytes::Bytes::from_static(b"once"),
@@ -461,7 +461,64 @@ async fn limits_deletes_and_exactly_once() {
         config_num: n,
     };
     raw.append(req.clone()).await.unwrap();
-    raw.append(req).await.unwrap();
+    raw.append(req.clone()).await.unwrap();
+    assert_eq!(kv.get(b"once").await.unwrap().as_deref(), Some(&b"x"[..]));
+    // An empty key is refused by the server too, for clients that skip the library's check.
+    let empty = pb::PutRequest {
+        key: bytes::Bytes::new(),
+        ..req
+    };
+    let refused = raw.put(empty).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument, "{refused:?}");
+    assert!(
+        refused.message().contains("the key is empty"),
+        "{refused:?}"
+    );
+    assert!(matches!(
+        kv.get(b"").await,
+        Err(KvError::InvalidArgument(_))
+    ));
+    // Roles, over real TLS: the group-to-group calls take node certificates only; a client or
+    // admin certificate is refused before the service runs, and nothing is deleted.
+    for (who, tls) in [("client", &c.pki.client), ("admin", &c.pki.admin)] {
+        let mut other = quorumkv_shardkv_client::GroupCaller::new(tls.clone())
+            .client(&addr)
+            .unwrap();
+        let pull = other
+            .pull_shard(pb::PullShardRequest {
+                config_num: n,
+                shard: 0,
+                after_key: None,
+                max_bytes: 1024,
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(
+            pull.code(),
+            tonic::Code::PermissionDenied,
+            "{who}: {pull:?}"
+        );
+        assert!(
+            pull.message()
+                .contains("PullShard needs a node certificate")
+                && pull
+                    .message()
+                    .contains(&format!("presented a {who} certificate")),
+            "{pull:?}"
+        );
+        let delete = other
+            .delete_shard(pb::DeleteShardRequest {
+                config_num: n,
+                shard: 0,
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(
+            delete.code(),
+            tonic::Code::PermissionDenied,
+            "{who}: {delete:?}"
+        );
+    }
     assert_eq!(kv.get(b"once").await.unwrap().as_deref(), Some(&b"x"[..]));
     c.shutdown().await;
 }

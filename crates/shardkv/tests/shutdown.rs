@@ -164,6 +164,10 @@ async fn shutting_down_the_leader_hands_over_leadership_and_loses_no_acknowledge
         "no serving shard in\n{text}"
     );
     assert!(text.contains("# TYPE quorumkv_kv_request_duration_seconds histogram"));
+    quorumkv_testkit::metrics::assert_families_documented(
+        &text,
+        quorumkv_testkit::metrics::Server::ShardKv,
+    );
 
     // A follower stops at once and hands nothing over.
     let follower = c.running(1).into_iter().find(|id| *id != to).unwrap();

@@ -46,6 +46,8 @@ pub struct TestCluster {
     initial: Vec<(u64, String)>,
     reserved: BTreeMap<u64, std::net::TcpListener>,
     running: BTreeMap<u64, Running>,
+    /// Members that use other TLS material than `pki.node` (see [`TestCluster::set_tls`]).
+    tls: BTreeMap<u64, quorumkv_common::TlsMaterial>,
     opts: ClusterOptions,
 }
 
@@ -65,6 +67,7 @@ impl TestCluster {
             initial: Vec::new(),
             reserved: BTreeMap::new(),
             running: BTreeMap::new(),
+            tls: BTreeMap::new(),
             opts,
         };
         for id in 1..=n {
@@ -113,18 +116,21 @@ impl TestCluster {
         cfg.members = members;
         cfg.bootstrap = bootstrap;
         let (net, rt) = (self.net.clone(), tokio::runtime::Handle::current());
+        let tls = self.tls.get(&id).unwrap_or(&self.pki.node).clone();
         let (node, raft_service) = RaftNode::start_grpc_wrapped(
             cfg,
             KvStateMachine::default(),
-            self.pki.node.clone(),
+            tls.clone(),
             65_536,
             |grpc| Arc::new(FaultyTransport::new(id, grpc, net, rt)),
         )?;
         let node = Arc::new(node);
         let svc = raft_service.into_server();
         let server = tonic::transport::Server::builder()
-            .tls_config(self.pki.node.server_config())
+            .tls_config(tls.server_config())
             .expect("tls config")
+            // Who may call what, by the role in the peer's certificate (quorumkv_common::auth).
+            .layer(quorumkv_common::AuthLayer)
             .add_service(svc)
             .add_service(
                 RaftAdminService::new(node.clone())
@@ -137,6 +143,13 @@ impl TestCluster {
         });
         self.running.insert(id, Running { node, server });
         Ok(())
+    }
+
+    /// The TLS material (certificate, key and trusted CAs) member `id` uses from its next
+    /// (re)start on, as server and towards its peers; `pki.node` until this is called. For
+    /// certificate and CA rotation tests.
+    pub fn set_tls(&mut self, id: u64, tls: quorumkv_common::TlsMaterial) {
+        self.tls.insert(id, tls);
     }
 
     pub fn addr(&self, id: u64) -> &str {

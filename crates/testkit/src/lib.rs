@@ -15,6 +15,8 @@
 //!   no outgoing connection can take a stopped member's port before it restarts.
 //! - [`syscalls`]: checks a syscall trace of a storage under test against the durability
 //!   rule (nothing acknowledged, nothing the log is compacted behind, left unsynced).
+//! - [`metrics`]: checks a server's `/metrics` families against the list the monitoring
+//!   manifests are validated with.
 //! - [`linearizability`]: a porcupine-style checker that decides, key by key, whether a
 //!   history of concurrent Get/Put/Append/Delete calls (timed-out writes included) is
 //!   linearizable, plus a thread-safe [`linearizability::History`] recorder for it.
@@ -24,6 +26,7 @@ pub mod cluster;
 pub mod kv;
 pub mod linearizability;
 pub mod mem;
+pub mod metrics;
 pub mod net;
 pub mod ports;
 pub mod syscalls;

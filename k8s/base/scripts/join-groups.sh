@@ -1,14 +1,21 @@
 #!/bin/sh
-# The join Job: joins every replica group in JOIN_GROUPS to the shard controller, once the
-# controller serves. Idempotent, so the Job can be re-run (or re-created by `kubectl apply`) at
-# any time: a group that is already in the configuration counts as joined.
-#
-# Servers of group N are the first INITIAL_MEMBERS pods of StatefulSet GROUP_SET_PREFIX+N, by
-# their stable DNS names; later membership changes (`member add/remove/replace`) update the
-# controller's record themselves, so this Job never needs to run again for them.
+# The join Deployment's loop: joins the declared replica groups to the shard controller and
+# keeps them joined. Declared = one file per gid in GROUPS_DIR (the ConfigMap quorumkv-groups,
+# mounted: the kubelet updates the files in place when the map changes), holding `active` or
+# `retiring`. Every JOIN_INTERVAL_SECONDS:
+#   - the controller's latest configuration is read (`shardctrler-client --json query`);
+#   - every active gid missing from it is joined with the stable DNS names of its first
+#     INITIAL_MEMBERS pods, once one of them is ready (joining a group nobody serves would make
+#     its shards unavailable until it comes up). `join` is idempotent, so a race with another
+#     joiner is harmless;
+#   - nothing else: a gid already in is left alone whatever servers the controller records
+#     (`member add/remove` keeps them current), a retiring gid is never joined again, and no
+#     group is ever made to leave (that is the operator's `shardctrler-client leave`).
+# Messages are printed when something changes, not on every round. SIGTERM ends it at once.
 set -eu
 
 : "${POD_NAMESPACE:?POD_NAMESPACE must be set (downward API metadata.namespace)}"
+: "${GROUPS_DIR:=/etc/quorumkv/groups}"
 : "${CLUSTER_DOMAIN:=cluster.local}"
 : "${GRPC_PORT:=7000}"
 : "${ADMIN_PORT:=8000}"
@@ -16,10 +23,9 @@ set -eu
 : "${CTRL_SET:=qkv-ctrl}"
 : "${CTRL_MEMBERS:=3}"
 : "${GROUP_SET_PREFIX:=qkv-group-}"
-: "${JOIN_GROUPS:?JOIN_GROUPS must list the gids to join}"
-# Bounded waits; on timeout the script fails and the Job's backoffLimit retries it.
-: "${CTRL_WAIT_SECONDS:=300}"
-: "${GROUP_WAIT_SECONDS:=120}"
+: "${JOIN_INTERVAL_SECONDS:=30}"
+
+trap 'echo "join-groups.sh: stopping"; exit 0' TERM INT
 
 fqdn() {
   echo "$1-$2.$1.$POD_NAMESPACE.svc.$CLUSTER_DOMAIN"
@@ -38,55 +44,74 @@ addrs() {
 QKV_CTRLERS=$(addrs "$CTRL_SET" "$CTRL_MEMBERS")
 export QKV_CTRLERS
 
-echo "waiting (up to ${CTRL_WAIT_SECONDS}s) for the controller to serve: $QKV_CTRLERS"
-start=$(date +%s)
-until shardctrler-client --timeout 5 query >/dev/null 2>&1; do
-  if [ $(($(date +%s) - start)) -ge "$CTRL_WAIT_SECONDS" ]; then
-    echo "the controller did not answer within ${CTRL_WAIT_SECONDS}s; last error:" >&2
-    shardctrler-client --timeout 5 query >&2 || true
-    exit 1
-  fi
-  sleep 2
-done
-
-for gid in $JOIN_GROUPS; do
-  set_name=$GROUP_SET_PREFIX$gid
-  servers=$(addrs "$set_name" "$INITIAL_MEMBERS")
-
-  # Give the group a moment to elect a leader, so its first shards have someone to serve them.
-  # Not required: a group joined before it is ready picks its shards up when it comes up.
-  start=$(date +%s)
-  until
-    i=0 ready=no
-    while [ "$i" -lt "$INITIAL_MEMBERS" ]; do
-      if shardkv-server probe "http://$(fqdn "$set_name" "$i"):$ADMIN_PORT/health/ready" >/dev/null 2>&1; then
-        ready=yes
-        break
-      fi
-      i=$((i + 1))
-    done
-    [ "$ready" = yes ]
-  do
-    if [ $(($(date +%s) - start)) -ge "$GROUP_WAIT_SECONDS" ]; then
-      echo "group $gid is not ready after ${GROUP_WAIT_SECONDS}s; joining it anyway"
-      break
+# Whether one of group $1's first INITIAL_MEMBERS pods is ready.
+group_ready() {
+  _i=0
+  while [ "$_i" -lt "$INITIAL_MEMBERS" ]; do
+    if shardkv-server probe "http://$(fqdn "$GROUP_SET_PREFIX$1" "$_i"):$ADMIN_PORT/health/ready" --timeout 2s >/dev/null 2>&1; then
+      return 0
     fi
-    sleep 2
+    _i=$((_i + 1))
   done
+  return 1
+}
 
-  # Only "group N is already in configuration M" means done. "server X already belongs to group
-  # M" is a real conflict (two gids claiming the same pods) and fails the Job.
-  if out=$(shardctrler-client join "$gid=$servers" 2>&1); then
-    echo "joined group $gid ($servers): $out"
-  else
-    case $out in
-      *"is already in configuration"*) echo "group $gid was already joined: $out" ;;
-      *)
-        echo "joining group $gid failed: $out" >&2
-        exit 1
-        ;;
-    esac
+# Prints $1 unless it is what the previous round printed.
+last=""
+say() {
+  [ "$1" = "$last" ] && return 0
+  last=$1
+  echo "$1"
+}
+
+reconcile() {
+  if ! config=$(shardctrler-client --timeout 10s --json query 2>&1); then
+    say "the controller does not answer yet ($QKV_CTRLERS): $config"
+    return 0
   fi
-done
+  joins=""
+  notes=""
+  for f in "$GROUPS_DIR"/*; do
+    [ -f "$f" ] || continue
+    gid=${f##*/}
+    case $gid in '' | *[!0-9]*) continue ;; esac
+    state=$(cat "$f")
+    in_config=no
+    case $config in *"\"gid\":$gid,"*) in_config=yes ;; esac
+    case $state in
+      active)
+        if [ "$in_config" = no ]; then
+          if group_ready "$gid"; then
+            joins="$joins $gid=$(addrs "$GROUP_SET_PREFIX$gid" "$INITIAL_MEMBERS")"
+          else
+            notes="$notes group $gid: declared, waiting for one of its members to be ready;"
+          fi
+        fi
+        ;;
+      retiring)
+        if [ "$in_config" = yes ]; then
+          notes="$notes group $gid: retiring but still in the configuration (shardctrler-client leave $gid);"
+        fi
+        ;;
+      *) notes="$notes group $gid: unknown state '$state' (active or retiring), ignored;" ;;
+    esac
+  done
+  if [ -n "$joins" ]; then
+    # shellcheck disable=SC2086 # one argument per group
+    if out=$(shardctrler-client --timeout 30s join $joins 2>&1); then
+      echo "joined$joins: $out"
+      last=""
+    else
+      say "joining$joins failed: $out"
+    fi
+  fi
+  say "${notes:-every declared group is joined}"
+}
 
-shardctrler-client query
+echo "join-groups.sh: declared groups in $GROUPS_DIR, controller $QKV_CTRLERS, every ${JOIN_INTERVAL_SECONDS}s"
+while :; do
+  reconcile
+  # In the background, so that SIGTERM interrupts the wait.
+  sleep "$JOIN_INTERVAL_SECONDS" &
+  wait $! || true
+done

@@ -11,10 +11,16 @@
 #     the StatefulSet), never an IP, so a pod that comes back with a new IP is still itself;
 #   - ordinals below INITIAL_MEMBERS create the group with the same static --cluster list; a higher
 #     ordinal (a scale-up), or a pod named in JOIN_PODS, starts with --join and waits until an
-#     operator runs `member add`.
+#     operator runs `member add`;
+#   - a founding member whose data directory is empty while its group already exists (a peer is
+#     ready, or the controller lists the gid) lost its volume: starting it would make a voter
+#     that forgot its vote and log. It refuses, and says how to re-add it as a new member.
 # Extra arguments are passed on to the server. The server replaces this shell (exec), so it is
-# PID 1 and receives SIGTERM itself (leader hand-off, then a clean exit).
+# PID 1 and receives SIGTERM itself (leader hand-off, then a clean exit). Until then this shell
+# is PID 1, which the kernel shields from signals it has no handler for: the trap makes a
+# SIGTERM during the waits below end the pod at once instead of after the grace period.
 set -eu
+trap 'echo "start.sh: SIGTERM before the server started; exiting" >&2; exit 143' TERM INT
 
 usage() {
   echo "usage: start.sh shardctrler-server|shardkv-server [EXTRA FLAGS...]" >&2
@@ -76,8 +82,15 @@ addrs() {
 count=$INITIAL_MEMBERS
 [ "$id" -gt "$count" ] && count=$id
 cluster=$(members "$set_name" "$count")
+# An IPv6 address goes in brackets in ip:port ("::" or "[::]" both mean [::]:PORT, which also
+# accepts IPv4 on dual-stack nodes).
+case $LISTEN_HOST in
+  \[*) listen_host=$LISTEN_HOST ;;
+  *:*) listen_host="[$LISTEN_HOST]" ;;
+  *) listen_host=$LISTEN_HOST ;;
+esac
 set -- --id "$id" --cluster "$cluster" \
-  --listen "$LISTEN_HOST:$GRPC_PORT" --admin-listen "$LISTEN_HOST:$ADMIN_PORT" \
+  --listen "$listen_host:$GRPC_PORT" --admin-listen "$listen_host:$ADMIN_PORT" \
   --data-dir "$DATA_DIR" "$@"
 # --join is ignored once the data directory holds state, so a restart of a joined member is safe.
 # JOIN_PODS names pods that must join even though their ordinal is an initial one: a member
@@ -89,31 +102,77 @@ for p in ${JOIN_PODS:-}; do
 done
 [ "$join" = yes ] && set -- --join "$@"
 
+: "${CTRL_SET:=qkv-ctrl}"
+: "${CTRL_MEMBERS:=3}"
+ctrlers=$(addrs "$CTRL_SET" "$CTRL_MEMBERS")
 case $server in
   shardctrler-server) ;;
   shardkv-server)
     : "${GID:?GID must be set (downward API label quorumkv.io/gid)}"
-    : "${CTRL_SET:=qkv-ctrl}"
-    : "${CTRL_MEMBERS:=3}"
-    set -- --gid "$GID" --ctrlers "$(addrs "$CTRL_SET" "$CTRL_MEMBERS")" "$@"
+    set -- --gid "$GID" --ctrlers "$ctrlers" "$@"
     ;;
   *) usage ;;
 esac
 
-# Wait (bounded) until this pod's own name resolves to its current IP, as tidb-operator does:
-# peers resolve names on every connect, and starting before the record exists only earns
-# failed connects and negatively cached lookups. Start anyway after the deadline.
+# Wait (bounded) until this pod's own name resolves to its current IP in DNS, as tidb-operator
+# does: peers resolve names on every connect, and starting before the record exists only earns
+# failed connects and negatively cached lookups. `getent -s dns` asks DNS itself: the pod's
+# /etc/hosts (which the kubelet fills with the pod's own name) would answer at once and prove
+# nothing. Start anyway after the deadline.
 self=$(fqdn "$set_name" "$ordinal")
+resolves_to_me() {
+  getent -s dns ahosts "$self" 2>/dev/null | {
+    while read -r ip _; do
+      [ "$ip" = "$POD_IP" ] && exit 0
+    done
+    exit 1
+  }
+}
 if [ -n "${POD_IP:-}" ] && command -v getent >/dev/null 2>&1; then
   waited=0
-  until getent hosts "$self" | grep -q "^$POD_IP[[:space:]]"; do
+  until resolves_to_me; do
     if [ "$waited" -ge "$DNS_WAIT_SECONDS" ]; then
-      echo "start.sh: $self does not resolve to $POD_IP after ${DNS_WAIT_SECONDS}s; starting anyway" >&2
+      echo "start.sh: $self does not resolve to $POD_IP in DNS after ${DNS_WAIT_SECONDS}s; starting anyway" >&2
       break
     fi
     sleep 1
     waited=$((waited + 1))
   done
+fi
+
+# A founding member (not --join) with an empty data directory either starts its group for the
+# first time, or lost its volume. The group already existing tells them apart: a peer is ready,
+# or (replica groups) the controller lists the gid. Then refuse: a Raft voter must never come
+# back without its log and vote. Bounded: a few seconds per peer, when the directory is empty.
+if [ "$join" = no ] && [ -z "$(ls -A "$DATA_DIR" 2>/dev/null)" ]; then
+  exists=""
+  i=0
+  while [ "$i" -lt "$count" ]; do
+    if [ "$i" != "$ordinal" ] &&
+      "$server" probe "http://$(fqdn "$set_name" "$i"):$ADMIN_PORT/health/ready" --timeout 2s >/dev/null 2>&1; then
+      exists="$set_name-$i is ready"
+      break
+    fi
+    i=$((i + 1))
+  done
+  if [ -z "$exists" ] && [ "$server" = shardkv-server ] &&
+    shardctrler-client --ctrlers "$ctrlers" --timeout 5s --json query 2>/dev/null | grep -q "\"gid\":$GID,"; then
+    exists="the controller lists group $GID"
+  fi
+  if [ -n "$exists" ]; then
+    if [ "$server" = shardkv-server ]; then member_cli="shardkv-client member --gid $GID"; else member_cli="shardctrler-client member"; fi
+    cat >&2 <<MSG
+start.sh: refusing to start $POD_NAME as founding member $id with an empty data directory:
+  its group already exists ($exists). This member's volume was lost or replaced; starting it
+  empty would make a voter that forgot its vote and its log. Re-add it as a new member
+  (k8s/README.md, "A member lost its disk"):
+    1. $member_cli remove $id
+    2. add $POD_NAME to JOIN_PODS in the overlay's quorumkv-config, kubectl apply -k the overlay
+    3. kubectl delete pod $POD_NAME   (it starts empty with --join and waits)
+    4. $member_cli add $id=$self:$GRPC_PORT
+MSG
+    exit 1
+  fi
 fi
 
 echo "start.sh: exec $server $*" >&2

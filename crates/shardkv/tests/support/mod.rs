@@ -160,11 +160,11 @@ impl Cluster {
     }
 
     pub fn ctrler(&self) -> CtrlerClient {
-        CtrlerClient::connect(self.ctrl_addrs.clone(), self.pki.node.clone()).unwrap()
+        CtrlerClient::connect(self.ctrl_addrs.clone(), self.pki.admin.clone()).unwrap()
     }
 
     pub fn client(&self) -> KvClient {
-        KvClient::connect(self.ctrl_addrs.clone(), self.pki.node.clone())
+        KvClient::connect(self.ctrl_addrs.clone(), self.pki.client.clone())
             .unwrap()
             .with_timeout(Duration::from_secs(20))
     }
