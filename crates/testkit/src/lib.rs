@@ -13,17 +13,20 @@
 //!   stop/restart/add/remove of members and awaitable conditions (no fixed sleeps).
 //! - [`ports`]: loopback ports for test members, outside the kernel's ephemeral range so that
 //!   no outgoing connection can take a stopped member's port before it restarts.
-//! - [`linearizability`]: a porcupine-style checker that decides, key by key, whether a
-//!   history of concurrent Get/Put/Append/Delete calls (timed-out writes included) is
-//!   linearizable, plus a thread-safe [`linearizability::History`] recorder for it.
+//! - [`linearizability`]: the `quorumkv-lincheck` crate, re-exported under its old name: a
+//!   porcupine-style checker that decides, key by key, whether a history of concurrent
+//!   Get/Put/Append/Delete calls (timed-out writes included) is linearizable, plus a
+//!   thread-safe [`linearizability::History`] recorder for it. It is a crate of its own so that
+//!   `shardkv-client check` can link it without linking this test-support crate.
 
 pub mod certs;
 pub mod cluster;
 pub mod kv;
-pub mod linearizability;
 pub mod mem;
 pub mod net;
 pub mod ports;
+
+pub use quorumkv_lincheck as linearizability;
 
 pub use cluster::{ClusterOptions, TestCluster};
 pub use kv::{KvCommand, KvStateMachine};
