@@ -69,7 +69,7 @@ pub struct Plan {
     warmup: Duration,
 }
 
-fn seconds(v: f64, flag: &str, allow_zero: bool) -> Result<Duration, String> {
+pub(crate) fn seconds(v: f64, flag: &str, allow_zero: bool) -> Result<Duration, String> {
     if v.is_finite() && (v > 0.0 || (allow_zero && v == 0.0)) && v < 1e9 {
         Ok(Duration::from_secs_f64(v))
     } else {
