@@ -14,7 +14,7 @@ use quorumkv_bin::{
     RaftMember, TlsArgs,
 };
 use quorumkv_common::HostPort;
-use quorumkv_shardkv::{KvMember, KvMemberOptions};
+use quorumkv_shardkv::{KvMember, KvMemberOptions, ReadMode};
 
 const ABOUT: &str = "One member of a QuorumKV replica group (a Raft group, normally 3 members).";
 
@@ -99,6 +99,13 @@ struct Args {
 
     #[command(flatten)]
     log: LogArgs,
+
+    /// FOR TESTS ONLY, hidden: serve stale reads on purpose, to show that `shardkv-client
+    /// check` catches them. The leader sends every get to a follower that answers from its own
+    /// state without ReadIndex and is kept 400 ms behind (see the `stale_reads` module of
+    /// quorumkv-shardkv). Deliberately without an environment variable.
+    #[arg(long, hide = true)]
+    unsafe_stale_reads_for_testing: bool,
 }
 
 /// The validated configuration of one member.
@@ -107,6 +114,7 @@ struct ServerConfig {
     gid: u64,
     member: RaftMember,
     ctrlers: Vec<HostPort>,
+    reads: ReadMode,
 }
 
 impl ServerConfig {
@@ -139,6 +147,11 @@ impl ServerConfig {
             gid: args.gid,
             member,
             ctrlers,
+            reads: if args.unsafe_stale_reads_for_testing {
+                ReadMode::UnsafeFollowerReadsForTesting
+            } else {
+                ReadMode::ReadIndex
+            },
         })
     }
 
@@ -149,6 +162,7 @@ impl ServerConfig {
             tls: self.member.tls.clone(),
             wrap_transport: None,
             admin: self.member.admin_listen,
+            reads: self.reads,
         }
     }
 }

@@ -154,6 +154,8 @@ pub const KV_CLIENT: &str = env!("CARGO_BIN_EXE_shardkv-client");
 pub struct ProcCluster {
     pub dir: tempfile::TempDir,
     ports: std::collections::BTreeMap<NodeId, u16>,
+    /// The plain-HTTP admin port of each node (health, metrics, dashboard).
+    admin_ports: std::collections::BTreeMap<NodeId, u16>,
     slots: std::collections::BTreeMap<NodeId, usize>,
     procs: Servers,
     shards: usize,
@@ -184,6 +186,7 @@ impl ProcCluster {
         ProcCluster {
             dir,
             ports: nodes.iter().map(|n| (*n, free_port())).collect(),
+            admin_ports: nodes.iter().map(|n| (*n, free_port())).collect(),
             slots: Default::default(),
             procs: Servers::default(),
             shards,
@@ -203,6 +206,11 @@ impl ProcCluster {
         format!("127.0.0.1:{}", self.ports[&n])
     }
 
+    /// The admin port of node `n` (`/health/*`, `/metrics`, `/dashboard`).
+    pub fn admin_port(&self, n: NodeId) -> u16 {
+        self.admin_ports[&n]
+    }
+
     /// `host:port` of members `ids` of `gid`.
     pub fn addrs(&self, gid: u64, ids: &[u64]) -> Vec<String> {
         ids.iter().map(|id| self.addr((gid, *id))).collect()
@@ -219,6 +227,11 @@ impl ProcCluster {
     /// Starts (or restarts, on the same port and data directory) node `n` in a group of
     /// `members`; with `join`, as a new member that waits to be added.
     pub fn start(&mut self, n: NodeId, members: &[u64], join: bool) {
+        self.start_with(n, members, join, &[]);
+    }
+
+    /// [`ProcCluster::start`] with `extra` flags for the server.
+    pub fn start_with(&mut self, n: NodeId, members: &[u64], join: bool, extra: &[&str]) {
         let (gid, id) = n;
         let mut cmd = std::process::Command::new(if gid == 0 { CTRL_SERVER } else { KV_SERVER });
         if gid == 0 {
@@ -243,6 +256,9 @@ impl ProcCluster {
                 &self.cluster(gid, members),
             ])
             .args(["--listen", &self.addr(n), "--log-level", self.log_level])
+            .arg("--admin-listen")
+            .arg(format!("127.0.0.1:{}", self.admin_port(n)))
+            .args(extra)
             .arg("--data-dir")
             .arg(self.dir.path().join(format!("data-g{gid}-{id}")))
             .args(tls_args(self.dir.path()))
