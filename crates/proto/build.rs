@@ -6,7 +6,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // Read at run time (not with env!): a build-script binary may be reused for another checkout.
     let manifest_dir = std::env::var("CARGO_MANIFEST_DIR")?;
     let root = std::path::Path::new(&manifest_dir).join("../../proto");
-    let files = ["raft.proto", "shardctrler.proto", "shardkv.proto"].map(|f| root.join(f));
+    let files = [
+        "raft.proto",
+        "shardctrler.proto",
+        "shardkv.proto",
+        "admin.proto",
+    ]
+    .map(|f| root.join(f));
     for f in &files {
         println!("cargo:rerun-if-changed={}", f.display());
     }

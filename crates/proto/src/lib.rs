@@ -20,3 +20,9 @@ pub mod shardctrler {
 pub mod shardkv {
     tonic::include_proto!("quorumkv.shardkv");
 }
+
+/// A member's admin view (readiness, Raft state, metrics) over mutual TLS, for the dashboard
+/// (`proto/admin.proto`).
+pub mod admin {
+    tonic::include_proto!("quorumkv.admin");
+}

@@ -21,7 +21,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use quorumkv_admin::{shutdown, AdminServer, RequestGate};
+use quorumkv_admin::{
+    shutdown, AdminServer, AdminSource, AdminViewService, ClusterAccess, RequestGate,
+};
 use quorumkv_common::TlsMaterial;
 use quorumkv_raft_core::{
     GrpcTransport, NodeConfig, RaftAdminService, RaftError, RaftNode, Transport,
@@ -120,6 +122,10 @@ impl KvMember {
         }
         let id = raft.id;
         let members = raft.members.clone();
+        let cluster = ClusterAccess {
+            ctrlers: ctrlers.clone(),
+            tls: tls.clone(),
+        };
         let ctrler = CtrlerClient::connect(ctrlers, tls.clone())
             .map_err(|e| StartError::InvalidArgument(e.to_string()))?;
         let local_addr = listener
@@ -141,15 +147,16 @@ impl KvMember {
         let gate = RequestGate::new();
         let metrics = Arc::new(KvMetrics::new());
         let span = tracing::info_span!("shardkv", gid, node = id);
+        let source: Arc<dyn AdminSource> = Arc::new(KvAdmin {
+            node: node.clone(),
+            gate: gate.clone(),
+            metrics: metrics.clone(),
+            started,
+            cluster,
+        });
         let admin = match admin {
             Some(addr) => {
-                let source = KvAdmin {
-                    node: node.clone(),
-                    gate: gate.clone(),
-                    metrics: metrics.clone(),
-                    started,
-                };
-                let server = AdminServer::bind(addr, Arc::new(source))
+                let server = AdminServer::bind(addr, source.clone())
                     .instrument(span.clone())
                     .await;
                 match server {
@@ -166,7 +173,8 @@ impl KvMember {
             .tls_config(tls.server_config())
             .map_err(|e| StartError::InvalidArgument(format!("TLS configuration: {e}")))?
             .add_service(raft_service.into_server())
-            .add_service(RaftAdminService::new(node.clone()).into_server());
+            .add_service(RaftAdminService::new(node.clone()).into_server())
+            .add_service(AdminViewService::new(source).into_server());
         let router = match reads {
             ReadMode::ReadIndex => router.add_service(
                 KvService::new(node.clone(), gate.clone(), metrics.clone()).into_server(),
