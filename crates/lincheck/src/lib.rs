@@ -1210,7 +1210,7 @@ mod tests {
     }
 
     /// SplitMix64: a seeded generator whose sequence never changes with dependency versions.
-    struct Rng(u64);
+    pub(crate) struct Rng(pub(crate) u64);
 
     impl Rng {
         fn next(&mut self) -> u64 {
@@ -1221,7 +1221,7 @@ mod tests {
             z ^ (z >> 31)
         }
 
-        fn below(&mut self, n: u64) -> u64 {
+        pub(crate) fn below(&mut self, n: u64) -> u64 {
             self.next() % n
         }
     }
@@ -1231,7 +1231,12 @@ mod tests {
     /// a random instant between its call and its return, and the requests are applied to a map
     /// in the order of those instants. One in twenty requests times out; a timed-out write
     /// takes effect (possibly long after its client moved on) or is lost.
-    fn random_history(seed: u64, clients: u64, per_client: u64, keys: u64) -> Vec<Operation> {
+    pub(crate) fn random_history(
+        seed: u64,
+        clients: u64,
+        per_client: u64,
+        keys: u64,
+    ) -> Vec<Operation> {
         struct Planned {
             at: u64,
             client: u64,
