@@ -18,6 +18,7 @@
 //! checker ran out of its step budget on a key: "undecided"); 2 for bad flags or when no
 //! operation could be run (the cluster is unreachable).
 
+use std::collections::BTreeSet;
 use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -104,6 +105,8 @@ pub struct CannotRun(pub String);
 pub struct Report {
     plan: Plan,
     prefix: String,
+    /// The shards of the keys (in the configuration at the start).
+    shards: BTreeSet<usize>,
     elapsed: Duration,
     history: Vec<Operation>,
     keys: Vec<KeyReport>,
@@ -169,11 +172,12 @@ impl Report {
         let count = |what: fn(&KvOp) -> bool| self.history.iter().filter(|o| what(&o.op)).count();
         let _ = writeln!(
             out,
-            "check: {} clients on {} fresh keys ({}k0..k{}) for {:.1} s",
+            "check: {} clients on {} fresh keys ({}k0..k{}, in shards {}) for {:.1} s",
             self.plan.clients,
             self.plan.keys,
             self.prefix,
             self.plan.keys - 1,
+            list(&self.shards),
             self.elapsed.as_secs_f64()
         );
         let _ = writeln!(
@@ -247,6 +251,7 @@ impl Report {
             let _ = writeln!(
                 out,
                 "  (no order of these operations respects their times and explains every read; \
+                 none of the operations left out could have given one of these reads its value; \
                  --json adds the checker's reasoning)"
             );
         }
@@ -299,6 +304,7 @@ impl Report {
             "clients": self.plan.clients,
             "duration_s": self.elapsed.as_secs_f64(),
             "prefix": self.prefix,
+            "shards": self.shards,
             "unknown_outcome": self.unknown().map(op_json).collect::<Vec<_>>(),
             "failed_gets": self.failed_gets,
             "refused_writes": self.refused,
@@ -320,6 +326,12 @@ fn thousands(n: usize) -> String {
         out.push(c);
     }
     out
+}
+
+/// `3, 17, 40`.
+fn list(shards: &BTreeSet<usize>) -> String {
+    let shown: Vec<String> = shards.iter().map(ToString::to_string).collect();
+    shown.join(", ")
 }
 
 /// `1 key`, `9,812 operations`.
@@ -467,26 +479,37 @@ async fn progress(tally: Arc<Tally>, start: Instant, stop: tokio::sync::oneshot:
 /// Runs the workload with forks of `client` (each operation bounded by `timeout`), deletes
 /// the keys, checks the history.
 pub async fn run(plan: Plan, client: KvClient, timeout: Duration) -> Result<Report, CannotRun> {
-    match tokio::time::timeout(timeout, client.refresh_config()).await {
+    let config = match tokio::time::timeout(timeout, client.refresh_config()).await {
         Ok(Ok(config)) if config.groups.is_empty() => {
             return Err(CannotRun(format!(
                 "configuration {} has no replica group (join one first)",
                 config.num
             )))
         }
-        Ok(Ok(_)) => {}
+        Ok(Ok(config)) => config,
         Ok(Err(e)) => return Err(CannotRun(format!("cannot reach the controller: {e}"))),
         Err(_) => {
             return Err(CannotRun(format!(
                 "cannot reach the controller within {timeout:?}"
             )))
         }
-    }
+    };
     let prefix = format!("check-{:08x}:", rand::random::<u32>());
     let keys: Arc<Vec<Vec<u8>>> = Arc::new(
         (0..plan.keys)
             .map(|i| format!("{prefix}k{i}").into_bytes())
             .collect(),
+    );
+    let shards: BTreeSet<usize> = keys
+        .iter()
+        .map(|k| quorumkv_common::shard_of(k, config.shards.len()))
+        .collect();
+    // Said at once, so that whoever wants to disturb these shards (move them) knows which.
+    eprintln!(
+        "check: keys {prefix}k0..k{} in shards {}, for {:.1} s",
+        plan.keys - 1,
+        list(&shards),
+        plan.duration.as_secs_f64()
     );
     let history = History::new();
     let tally = Arc::new(Tally::default());
@@ -523,10 +546,22 @@ pub async fn run(plan: Plan, client: KvClient, timeout: Duration) -> Result<Repo
             elapsed.as_secs_f64()
         )));
     }
+    // The keys go at once, so that cleaning up takes one timeout at worst.
+    let deletes: Vec<_> = keys
+        .iter()
+        .map(|key| {
+            let (mut c, key) = (client.fork(), key.clone());
+            tokio::spawn(async move {
+                matches!(
+                    tokio::time::timeout(timeout, c.delete(&key)).await,
+                    Ok(Ok(()))
+                )
+            })
+        })
+        .collect();
     let mut cleanup_failures = 0;
-    let mut cleaner = client.fork();
-    for key in keys.iter() {
-        if cleaner.delete(key).await.is_err() {
+    for d in deletes {
+        if !matches!(d.await, Ok(true)) {
             cleanup_failures += 1;
         }
     }
@@ -544,6 +579,7 @@ pub async fn run(plan: Plan, client: KvClient, timeout: Duration) -> Result<Repo
     Ok(Report {
         plan,
         prefix,
+        shards,
         elapsed,
         history: ops,
         keys: keys_checked,
@@ -640,6 +676,7 @@ mod tests {
         Report {
             plan: plan(&["--clients", "2", "--keys", "1"]).unwrap(),
             prefix: "check-0:".into(),
+            shards: [5].into_iter().collect(),
             elapsed: Duration::from_secs(1),
             history,
             keys,
