@@ -158,7 +158,8 @@ function renderGroups(d) {
     }
     card.append(el('table', {}, ...rows));
     card.append(el('div', { class: 'charts' },
-      chart(g.gid === 0 ? 'requests/s' : 'client requests/s', 'ops/s', g.series, 'ops', d, color(g.gid) === '#c9ccd1' ? '#6b7280' : color(g.gid)),
+      chart(g.gid === 0 ? 'requests/s' : 'client requests/s', 'ops/s', g.series, 'ops', d,
+        g.gid === 0 ? '#6b7280' : color(g.gid)),
       chart('p99 latency', 'ms', g.series, 'p99_ms', d, '#1d2330')));
     box.append(card);
   }
@@ -186,6 +187,7 @@ function render(d) {
   $('config-stale').hidden = !(d.config && d.config.stale);
   const groups = d.groups.filter((g) => g.gid !== 0).length;
   $('counts').textContent = d.config ? `${groups} groups, ${d.config.shards.length} shards` : '';
+  $('window').textContent = `requests served per second and their p99 latency, last ${Math.round(d.window_ms / 60000)} min`;
   renderShards(d);
   renderGroups(d);
   renderEvents(d);

@@ -352,8 +352,13 @@ impl Tracker {
             ),
             n => changes.push(format!("{n} shards moved")),
         }
+        for (gid, servers) in &new.groups {
+            if old.groups.get(gid).is_some_and(|s| s != servers) {
+                changes.push(format!("group {gid}'s servers changed"));
+            }
+        }
         if changes.is_empty() {
-            changes.push("servers changed".into());
+            changes.push("no shard moved".into());
         }
         let text = format!("configuration {}: {}", new.num, changes.join(", "));
         self.event(now_ms, CONTROLLER, text);
@@ -480,6 +485,20 @@ impl Tracker {
                 uptime_secs: Some(v.uptime_secs),
             });
         }
+        // A member reached at two addresses (a seed such as a load-balanced name, and its
+        // own) is listed once, at the address its group's address book records.
+        let booked = |addr: &str| {
+            views
+                .iter()
+                .flat_map(|v| &v.members)
+                .any(|m| m.addr == addr)
+        };
+        let twice: Vec<u64> = members
+            .iter()
+            .filter(|m| m.up && booked(&m.addr))
+            .filter_map(|m| m.id)
+            .collect();
+        members.retain(|m| booked(&m.addr) || !m.up || m.id.is_none_or(|id| !twice.contains(&id)));
         members.sort_by_key(|m| (m.id.is_none(), m.id, m.addr.clone()));
 
         let series = self.series.entry(gid).or_default();
@@ -757,6 +776,23 @@ mod tests {
             observe(1, vec![1, 1], vec![(1, leader_of_1(&[(70, 1)]))]),
         );
         assert!(much_later.groups[0].series.is_empty());
+    }
+
+    #[test]
+    fn a_member_reached_at_two_addresses_is_listed_once() {
+        let mut t = Tracker::default();
+        let mut obs = observe(1, vec![1, 1], vec![(1, leader_of_1(&[]))]);
+        obs.groups.get_mut(&1).unwrap().push(Answer {
+            addr: "kv.example:7000".into(),
+            view: leader_of_1(&[]),
+        });
+        let view = t.update(1_000, served(), obs);
+        let addrs: Vec<&str> = view.groups[0]
+            .members
+            .iter()
+            .map(|m| m.addr.as_str())
+            .collect();
+        assert_eq!(addrs, ["g1:1"]);
     }
 
     #[test]
