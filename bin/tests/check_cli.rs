@@ -7,7 +7,9 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use support::{ok, one_line_error, wait_for, ProcCluster, CTRL_CLIENT, KV_CLIENT};
+use support::{
+    ok, one_line_error, three_member_groups, wait_for, ProcCluster, CTRL_CLIENT, KV_CLIENT,
+};
 
 const SHARDS: usize = 16;
 const WAIT: Duration = Duration::from_secs(20);
@@ -25,13 +27,7 @@ fn json(out: &std::process::Output) -> serde_json::Value {
 #[test]
 fn check_passes_a_healthy_group_and_catches_stale_reads() {
     let started = Instant::now();
-    let mut nodes = Vec::new();
-    for gid in 0..=2 {
-        for id in 1..=3 {
-            nodes.push((gid, id));
-        }
-    }
-    let mut c = ProcCluster::new(&nodes, SHARDS, "warn");
+    let mut c = ProcCluster::new(&three_member_groups(&[1, 2]), SHARDS, "warn");
     for id in 1..=3 {
         c.start((0, id), &[1, 2, 3], false);
         c.start((1, id), &[1, 2, 3], false);

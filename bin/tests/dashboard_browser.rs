@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use support::{ok, wait_for, ProcCluster, CTRL_CLIENT, KV_CLIENT};
+use support::{ok, three_member_groups, wait_for, ProcCluster, CTRL_CLIENT, KV_CLIENT};
 
 const SHARDS: usize = 16;
 const WAIT: Duration = Duration::from_secs(20);
@@ -241,13 +241,7 @@ fn the_dashboard_shows_the_cluster_in_a_real_browser() {
         return;
     };
     let started = Instant::now();
-    let mut nodes = Vec::new();
-    for gid in 0..=2 {
-        for id in 1..=3 {
-            nodes.push((gid, id));
-        }
-    }
-    let mut c = ProcCluster::new(&nodes, SHARDS, "warn");
+    let mut c = ProcCluster::new(&three_member_groups(&[1, 2]), SHARDS, "warn");
     for n in c.nodes() {
         c.start(n, &[1, 2, 3], false);
     }

@@ -142,6 +142,14 @@ pub fn wait_for<T>(what: &str, within: Duration, mut f: impl FnMut() -> Option<T
 /// A node of a process cluster: (group id, member id); the controller is group 0.
 pub type NodeId = (u64, u64);
 
+/// Members 1 to 3 of the controller and of each of `gids`.
+pub fn three_member_groups(gids: &[u64]) -> Vec<NodeId> {
+    std::iter::once(0)
+        .chain(gids.iter().copied())
+        .flat_map(|gid| (1..=3).map(move |id| (gid, id)))
+        .collect()
+}
+
 pub const CTRL_SERVER: &str = env!("CARGO_BIN_EXE_shardctrler-server");
 pub const CTRL_CLIENT: &str = env!("CARGO_BIN_EXE_shardctrler-client");
 pub const KV_SERVER: &str = env!("CARGO_BIN_EXE_shardkv-server");
