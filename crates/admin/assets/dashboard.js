@@ -42,6 +42,7 @@ function bytes(n) {
   if (n >= 1 << 10) return (n / (1 << 10)).toFixed(1) + ' KiB';
   return n + ' B';
 }
+const plural = (n, what) => `${num(n)} ${what}${n === 1 ? '' : 's'}`;
 const groupName = (gid) => (gid === 0 ? 'controller' : `group ${gid}`);
 
 function showError(text) {
@@ -139,7 +140,7 @@ function renderGroups(d) {
       el('span', { class: 'leader' }, g.leader ? `leader ${g.leader}` : 'no leader'),
       el('span', {}, `term ${g.term}`),
       el('span', {}, `${up}/${g.members.length} members up`),
-      g.gid === 0 ? null : el('span', {}, `${g.shards} shards, ${num(g.keys)} keys, ${bytes(g.bytes)}` +
+      g.gid === 0 ? null : el('span', {}, `${plural(g.shards, 'shard')}, ${plural(g.keys, 'key')}, ${bytes(g.bytes)}` +
         (g.reached_config !== null ? `, at configuration ${g.reached_config}` : ''))));
     const rows = [el('tr', {}, ...['id', 'address', 'role', 'term', 'commit', 'applied', 'ready'].map((h) => el('th', {}, h)))];
     for (const m of g.members) {
