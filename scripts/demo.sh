@@ -3,7 +3,8 @@
 # shard controller and two 3-node replica groups (gid 1 and 2), joined and serving.
 #
 #   scripts/demo.sh up       build, generate certificates, start the cluster, join the groups,
-#                            wait until it serves, write .demo/env; a no-op if it is running
+#                            wait until it serves, write .demo/env, print the dashboard's URL;
+#                            a no-op if it is running
 #   scripts/demo.sh status   every node: pid, addresses, running or not (and the groups' state)
 #   scripts/demo.sh down     stop every node (data is kept: `up` resumes it); a no-op if stopped
 #   scripts/demo.sh clean    stop and delete .demo entirely
@@ -50,6 +51,8 @@ addrs_of() {
 }
 
 pid_alive() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
+# The live dashboard; every node's admin port serves it.
+dashboard_url() { echo "http://127.0.0.1:$(admin_port ctrl-1)/dashboard"; }
 node_alive() { pid_alive "$DEMO/pids/$1.pid"; }
 
 running_count() {
@@ -152,6 +155,7 @@ cmd_up() {
   # `up`: carry on, every step below skips what is already done.)
   if [ "$(running_count)" -eq "$total" ] && [ -f "$DEMO/env" ] && all_joined; then
     echo "demo cluster already running (scripts/demo.sh status)"
+    echo "dashboard: $(dashboard_url)"
     return 0
   fi
   build
@@ -172,6 +176,8 @@ cmd_up() {
 QuorumKV demo cluster is up (mutual TLS): a 3-node shard controller on $(addrs_of 0)
 and two 3-node replica groups, 1 on $(addrs_of 1) and 2 on $(addrs_of 2).
 
+Dashboard: $(dashboard_url)   (any node's admin port serves it)
+
   . .demo/env                                   # clients need no flags after this
   shardkv-client put greeting hello             # write a key (as admin: see .demo/env)
   shardkv-client put blob - < some-file         # a value from stdin (or --value-file FILE)
@@ -180,6 +186,7 @@ and two 3-node replica groups, 1 on $(addrs_of 1) and 2 on $(addrs_of 2).
   shardkv-client delete greeting
   shardkv-client status                         # every group: members, leader, shards
   shardkv-client bench --clients 64 --duration 10
+  shardkv-client check --duration 60 --clients 8 --keys 10   # prove it linearizable
   shardctrler-client query                      # which group owns which shard
   shardctrler-client move 0 2                   # move shard 0 to group 2 (live migration)
   scripts/demo.sh status                        # every node
@@ -223,6 +230,8 @@ cmd_status() {
       "http://127.0.0.1:$(admin_port "$n")/health/ready" "$state"
   done
   if [ "$(running_count)" -gt 0 ] && [ -f "$DEMO/env" ]; then
+    echo
+    echo "dashboard: $(dashboard_url)"
     echo
     # shellcheck disable=SC1091
     . "$DEMO/env"

@@ -4,11 +4,14 @@
 # offline, then runs the Docker Compose cluster test (built offline from static binaries;
 # skipped with a message where no Docker engine runs). Needs the Rust toolchain and python3 (the manifest validators come from PyPI into
 # target/k8s-venv); cargo-nextest is used when installed (it runs each test in its own
-# process with a time limit, see .config/nextest.toml), `cargo test` otherwise.
+# process with a time limit, see .config/nextest.toml), `cargo test` otherwise. The
+# dashboard's browser test needs Chromium: when none is installed, Debian's `chromium` package
+# is installed with apt-get (as root, or with passwordless sudo); without it that test is
+# skipped, except under CI=true, where it fails.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# Debian packages some tests need (strace), installed when missing.
+# Debian packages some tests need (strace, chromium), installed when missing.
 scripts/install-test-deps.sh
 
 profile=default

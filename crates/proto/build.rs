@@ -12,6 +12,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "shardctrler.proto",
         "shardkv.proto",
         "etcd.proto",
+        "admin.proto",
     ]
     .map(|f| root.join(f));
     for f in &files {

@@ -76,9 +76,11 @@ struct Args {
     /// `GET /health/alive` (200 while the process and its Raft driver run), `GET
     /// /health/ready` (200 only when this member can serve: in a group with a leader and a
     /// quorum, storage fine, caught up; else 503 with JSON naming the failed check) and `GET
-    /// /metrics` (Prometheus). Off when not given. `SERVER probe URL` checks one of them.
-    /// Unauthenticated: whoever reaches the address reads health and metrics (never keys or
-    /// values), so bind it to 127.0.0.1 or a network only probes and monitoring reach.
+    /// /metrics` (Prometheus); and `GET /dashboard`, a live page of the whole cluster, which
+    /// this server gathers from the controller and every member over mutual TLS. Off when not
+    /// given. `SERVER probe URL` checks one of them. Unauthenticated: whoever reaches the
+    /// address reads health, metrics and the cluster's layout (never keys or values), so bind
+    /// it to 127.0.0.1 or a network only probes, monitoring and operators reach.
     #[arg(long, env = "QKV_ADMIN_LISTEN", value_name = "IP:PORT")]
     admin_listen: Option<String>,
 

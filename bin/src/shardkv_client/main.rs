@@ -1,11 +1,13 @@
 //! `shardkv-client`: a QuorumKV cluster from the command line (put, get, append, delete,
-//! status, bench, and `member` for a replica group's membership), on top of the
+//! status, bench, check, and `member` for a replica group's membership), on top of the
 //! `quorumkv-shardkv-client` library.
 //!
 //! Exit status: 0 on success; 2 for bad arguments (as clap); 1 when a request fails (or `get`
 //! finds no such key, or `bench` had no successful operation). Errors are one line on stderr.
+//! `check` exits 1 when the history is not linearizable and 2 when it could not run at all.
 
 mod bench;
+mod check;
 mod etcd;
 mod status;
 
@@ -30,6 +32,7 @@ Examples:
   shardkv-client status                     (every group: members, leader, shards)
   shardkv-client --json status              (for scripts)
   shardkv-client bench --clients 64 --duration 10 --read-ratio 0.9
+  shardkv-client check --duration 60 --clients 8 --keys 10   (prove it linearizable)
   shardkv-client member --gid 1 list        (group 1's members, roles, leader)
   shardkv-client member --gid 1 add 4=kv4:7000   (kv4 started empty with --join first)
   shardkv-client member --gid 1 remove 1    (then stop member 1's server)
@@ -38,7 +41,8 @@ Examples:
 
 Exit status: 0 on success, 2 for bad arguments, 1 when the request fails (the reason is printed
 on one line), when `get` finds no such key (`not found` on stderr), or when `bench` completed no
-operation successfully.";
+operation successfully. `check`: 0 when the history is linearizable, 1 when it is not, 2 when it
+could not run.";
 
 /// Command-line client of a QuorumKV cluster.
 #[derive(Debug, Parser)]
@@ -90,6 +94,11 @@ enum Cmd {
     /// Load the cluster with concurrent clients and report throughput, latency percentiles
     /// (from an HDR histogram, per operation) and errors by kind.
     Bench(bench::BenchArgs),
+    /// Check that the cluster is linearizable: concurrent clients put, append, delete and get
+    /// fresh keys (deleted at the end), the history is recorded and checked key by key, and
+    /// every violation is shown by the smallest history that proves it. Exit 0 when
+    /// linearizable, 1 when not.
+    Check(check::CheckArgs),
     /// A replica group's members: list, add, remove, replace, transfer leadership. The group's
     /// servers are taken from the latest configuration and its leader is followed. After an
     /// add, remove or replace the controller records the group's new server list (the
@@ -194,7 +203,7 @@ impl Request {
             Cmd::Get { key: k } => Request::Get(key(k)?),
             Cmd::Append { key: k, value: v } => Request::Append(key(k)?, v.read(hex)?),
             Cmd::Delete { key: k } => Request::Delete(key(k)?),
-            Cmd::Status | Cmd::Bench(_) | Cmd::Member { .. } => return Ok(None),
+            Cmd::Status | Cmd::Bench(_) | Cmd::Check(_) | Cmd::Member { .. } => return Ok(None),
         }))
     }
 }
@@ -205,10 +214,13 @@ fn emit(text: &str) {
     let _ = out.write_all(text.as_bytes()).and_then(|()| out.flush());
 }
 
-/// How a command failed: a request error (exit 1, one line) or an absent key.
+/// How a command failed: a request error (exit 1, one line), an absent key, a command that
+/// could not run (exit 2, one line), or a report already printed that sets the exit status.
 enum Failure {
     Error(String),
     NotFound,
+    CannotRun(String),
+    Status(u8),
 }
 
 impl From<quorumkv_shardkv_client::KvError> for Failure {
@@ -263,6 +275,10 @@ fn main() -> ExitCode {
         Cmd::Bench(args) => Some(args.validate().unwrap_or_else(|msg| usage(msg))),
         _ => None,
     };
+    let check = match &cli.cmd {
+        Cmd::Check(args) => Some(args.validate().unwrap_or_else(|msg| usage(msg))),
+        _ => None,
+    };
     let fail = |msg: String| {
         eprintln!("shardkv-client: error: {}", msg.replace('\n', " "));
         ExitCode::FAILURE
@@ -275,8 +291,9 @@ fn main() -> ExitCode {
         Ok(c) => c.with_timeout(timeout),
         Err(err) => usage(format!("--ctrlers: {err}")),
     };
-    // The bench drives many clients at once; the one-shot commands need a single thread.
-    let runtime = if bench.is_some() {
+    // The bench and the check drive many clients at once; the one-shot commands need a single
+    // thread.
+    let runtime = if bench.is_some() || check.is_some() {
         tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()
@@ -310,6 +327,16 @@ fn main() -> ExitCode {
                 Ok(())
             };
         }
+        if let Some(plan) = check {
+            let report = check::run(plan, client, timeout)
+                .await
+                .map_err(|e| Failure::CannotRun(e.0))?;
+            emit(&report.render(cli.common.json));
+            return match report.exit_code() {
+                0 => Ok(()),
+                code => Err(Failure::Status(code)),
+            };
+        }
         if let Cmd::Member { gid, cmd } = cli.cmd {
             let output = run_member(
                 &client,
@@ -338,6 +365,11 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
         Err(Failure::Error(msg)) => fail(msg),
+        Err(Failure::CannotRun(msg)) => {
+            eprintln!("shardkv-client: error: {}", msg.replace('\n', " "));
+            ExitCode::from(2)
+        }
+        Err(Failure::Status(code)) => ExitCode::from(code),
     }
 }
 

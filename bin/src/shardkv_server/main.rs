@@ -14,7 +14,7 @@ use quorumkv_bin::{
     RaftMember, TlsArgs,
 };
 use quorumkv_common::HostPort;
-use quorumkv_shardkv::{KvMember, KvMemberOptions};
+use quorumkv_shardkv::{KvMember, KvMemberOptions, ReadMode};
 
 const ABOUT: &str = "One member of a QuorumKV replica group (a Raft group, normally 3 members).";
 
@@ -79,9 +79,11 @@ struct Args {
     /// `GET /health/alive` (200 while the process and its Raft driver run), `GET
     /// /health/ready` (200 only when this member can serve: in a group with a leader and a
     /// quorum, storage fine, caught up; else 503 with JSON naming the failed check) and `GET
-    /// /metrics` (Prometheus). Off when not given. `SERVER probe URL` checks one of them.
-    /// Unauthenticated: whoever reaches the address reads health and metrics (never keys or
-    /// values), so bind it to 127.0.0.1 or a network only probes and monitoring reach.
+    /// /metrics` (Prometheus); and `GET /dashboard`, a live page of the whole cluster, which
+    /// this server gathers from the controller and every member over mutual TLS. Off when not
+    /// given. `SERVER probe URL` checks one of them. Unauthenticated: whoever reaches the
+    /// address reads health, metrics and the cluster's layout (never keys or values), so bind
+    /// it to 127.0.0.1 or a network only probes, monitoring and operators reach.
     #[arg(long, env = "QKV_ADMIN_LISTEN", value_name = "IP:PORT")]
     admin_listen: Option<String>,
 
@@ -101,6 +103,13 @@ struct Args {
 
     #[command(flatten)]
     log: LogArgs,
+
+    /// FOR TESTS ONLY, hidden: serve stale reads on purpose, to show that `shardkv-client
+    /// check` catches them. The leader sends every get to a follower that answers from its own
+    /// state without ReadIndex and is kept 400 ms behind (see the `stale_reads` module of
+    /// quorumkv-shardkv). Deliberately without an environment variable.
+    #[arg(long, hide = true)]
+    unsafe_stale_reads_for_testing: bool,
 }
 
 /// The validated configuration of one member.
@@ -109,6 +118,7 @@ struct ServerConfig {
     gid: u64,
     member: RaftMember,
     ctrlers: Vec<HostPort>,
+    reads: ReadMode,
 }
 
 impl ServerConfig {
@@ -141,6 +151,11 @@ impl ServerConfig {
             gid: args.gid,
             member,
             ctrlers,
+            reads: if args.unsafe_stale_reads_for_testing {
+                ReadMode::UnsafeFollowerReadsForTesting
+            } else {
+                ReadMode::ReadIndex
+            },
         })
     }
 
@@ -151,6 +166,7 @@ impl ServerConfig {
             tls: self.member.tls.clone(),
             wrap_transport: None,
             admin: self.member.admin_listen,
+            reads: self.reads,
         }
     }
 }

@@ -150,6 +150,14 @@ pub fn wait_for<T>(what: &str, within: Duration, mut f: impl FnMut() -> Option<T
 /// A node of a process cluster: (group id, member id); the controller is group 0.
 pub type NodeId = (u64, u64);
 
+/// Members 1 to 3 of the controller and of each of `gids`.
+pub fn three_member_groups(gids: &[u64]) -> Vec<NodeId> {
+    std::iter::once(0)
+        .chain(gids.iter().copied())
+        .flat_map(|gid| (1..=3).map(move |id| (gid, id)))
+        .collect()
+}
+
 pub const CTRL_SERVER: &str = env!("CARGO_BIN_EXE_shardctrler-server");
 pub const CTRL_CLIENT: &str = env!("CARGO_BIN_EXE_shardctrler-client");
 pub const KV_SERVER: &str = env!("CARGO_BIN_EXE_shardkv-server");
@@ -162,6 +170,8 @@ pub const KV_CLIENT: &str = env!("CARGO_BIN_EXE_shardkv-client");
 pub struct ProcCluster {
     pub dir: tempfile::TempDir,
     ports: std::collections::BTreeMap<NodeId, u16>,
+    /// The plain-HTTP admin port of each node (health, metrics, dashboard).
+    admin_ports: std::collections::BTreeMap<NodeId, u16>,
     slots: std::collections::BTreeMap<NodeId, usize>,
     procs: Servers,
     shards: usize,
@@ -192,6 +202,7 @@ impl ProcCluster {
         ProcCluster {
             dir,
             ports: nodes.iter().map(|n| (*n, free_port())).collect(),
+            admin_ports: nodes.iter().map(|n| (*n, free_port())).collect(),
             slots: Default::default(),
             procs: Servers::default(),
             shards,
@@ -211,6 +222,11 @@ impl ProcCluster {
         format!("127.0.0.1:{}", self.ports[&n])
     }
 
+    /// The admin port of node `n` (`/health/*`, `/metrics`, `/dashboard`).
+    pub fn admin_port(&self, n: NodeId) -> u16 {
+        self.admin_ports[&n]
+    }
+
     /// `host:port` of members `ids` of `gid`.
     pub fn addrs(&self, gid: u64, ids: &[u64]) -> Vec<String> {
         ids.iter().map(|id| self.addr((gid, *id))).collect()
@@ -227,6 +243,11 @@ impl ProcCluster {
     /// Starts (or restarts, on the same port and data directory) node `n` in a group of
     /// `members`; with `join`, as a new member that waits to be added.
     pub fn start(&mut self, n: NodeId, members: &[u64], join: bool) {
+        self.start_with(n, members, join, &[]);
+    }
+
+    /// [`ProcCluster::start`] with `extra` flags for the server.
+    pub fn start_with(&mut self, n: NodeId, members: &[u64], join: bool, extra: &[&str]) {
         let (gid, id) = n;
         let mut cmd = std::process::Command::new(if gid == 0 { CTRL_SERVER } else { KV_SERVER });
         if gid == 0 {
@@ -251,6 +272,9 @@ impl ProcCluster {
                 &self.cluster(gid, members),
             ])
             .args(["--listen", &self.addr(n), "--log-level", self.log_level])
+            .arg("--admin-listen")
+            .arg(format!("127.0.0.1:{}", self.admin_port(n)))
+            .args(extra)
             .arg("--data-dir")
             .arg(self.dir.path().join(format!("data-g{gid}-{id}")))
             .args(tls_args(self.dir.path()))

@@ -1,5 +1,7 @@
 //! A minimal writer of the Prometheus text exposition format (version 0.0.4), and the
-//! rendering of a member's Raft status and [`RaftMetrics`].
+//! rendering of a member's Raft status and [`RaftMetrics`]; and the reading side the
+//! dashboard needs: picking families out of a rendered text ([`select_families`]) and parsing
+//! samples back ([`parse`]).
 //!
 //! The format's rules this writer keeps: one `# HELP` and one `# TYPE` line per family, all
 //! samples of a family right after them, label values escaped (`\\`, `\"`, `\n`), histograms
@@ -113,6 +115,105 @@ impl MetricsWriter {
 
     pub fn finish(self) -> String {
         self.out
+    }
+}
+
+/// One parsed sample: `name{labels} value`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sample {
+    pub name: String,
+    pub labels: Vec<(String, String)>,
+    pub value: f64,
+}
+
+impl Sample {
+    /// The value of label `key`, if the sample has it.
+    pub fn label(&self, key: &str) -> Option<&str> {
+        self.labels
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// The family a sample or comment line belongs to is one of `families` (a histogram family
+/// owns its `_bucket`, `_sum` and `_count` samples).
+fn in_families(name: &str, families: &[String]) -> bool {
+    families.iter().any(|f| {
+        name.strip_prefix(f.as_str())
+            .is_some_and(|rest| ["", "_bucket", "_sum", "_count"].contains(&rest))
+    })
+}
+
+/// The lines of `text` (as [`MetricsWriter`] renders it) that belong to `families`, comments
+/// included; every line when `families` is empty.
+pub fn select_families(text: &str, families: &[String]) -> String {
+    if families.is_empty() {
+        return text.to_string();
+    }
+    let mut out = String::new();
+    for line in text.lines() {
+        let name = match line.strip_prefix("# ") {
+            Some(comment) => comment.split(' ').nth(1).unwrap_or_default(),
+            None => line.split(['{', ' ']).next().unwrap_or_default(),
+        };
+        if in_families(name, families) {
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    out
+}
+
+/// The samples of a text in the exposition format (comments and malformed lines skipped).
+pub fn parse(text: &str) -> Vec<Sample> {
+    text.lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .filter_map(parse_line)
+        .collect()
+}
+
+fn parse_line(line: &str) -> Option<Sample> {
+    let Some(open) = line.find('{') else {
+        let (name, value) = line.split_once(' ')?;
+        return Some(Sample {
+            name: name.to_string(),
+            labels: Vec::new(),
+            value: parse_number(value.trim())?,
+        });
+    };
+    let mut rest = &line[open + 1..];
+    let mut labels = Vec::new();
+    while !rest.starts_with('}') {
+        let (key, quoted) = rest.split_once("=\"")?;
+        let mut value = String::new();
+        let mut chars = quoted.char_indices();
+        let end = loop {
+            match chars.next()? {
+                (_, '\\') => match chars.next()?.1 {
+                    'n' => value.push('\n'),
+                    c => value.push(c),
+                },
+                (i, '"') => break i + 1,
+                (_, c) => value.push(c),
+            }
+        };
+        labels.push((key.to_string(), value));
+        rest = &quoted[end..];
+        rest = rest.strip_prefix(',').unwrap_or(rest);
+    }
+    Some(Sample {
+        name: line[..open].to_string(),
+        labels,
+        value: parse_number(rest[1..].trim())?,
+    })
+}
+
+fn parse_number(v: &str) -> Option<f64> {
+    match v {
+        "+Inf" => Some(f64::INFINITY),
+        "-Inf" => Some(f64::NEG_INFINITY),
+        v => v.parse().ok(),
     }
 }
 
@@ -357,6 +458,41 @@ mod tests {
             text.contains(r#"quorumkv_z_seconds_count{group="1",node="2",op="get"} 1"#),
             "{text}"
         );
+    }
+
+    #[test]
+    fn parses_back_what_it_writes() {
+        let mut w = MetricsWriter::new(&[("group", "1"), ("node", "2")]);
+        w.counter("quorumkv_x_total", "An x.", 3);
+        w.family("quorumkv_y", Kind::Gauge, "A y.");
+        w.sample("quorumkv_y", &[("k", "a\"b\\c\nd,e}")], 0.5);
+        let h = Histogram::new();
+        h.observe(Duration::from_millis(2));
+        w.family("quorumkv_z_seconds", Kind::Histogram, "A z.");
+        w.histogram("quorumkv_z_seconds", &[("op", "get")], &h.snapshot());
+        let text = w.finish();
+        let samples = parse(&text);
+        assert_eq!(samples[0].name, "quorumkv_x_total");
+        assert_eq!(samples[0].label("node"), Some("2"));
+        assert_eq!(samples[0].value, 3.0);
+        assert_eq!(samples[1].label("k"), Some("a\"b\\c\nd,e}"));
+        let inf = samples
+            .iter()
+            .find(|s| s.label("le") == Some("+Inf"))
+            .unwrap();
+        assert_eq!(
+            (inf.name.as_str(), inf.value),
+            ("quorumkv_z_seconds_bucket", 1.0)
+        );
+
+        let picked = select_families(&text, &["quorumkv_z_seconds".into()]);
+        assert!(
+            picked.starts_with("# HELP quorumkv_z_seconds A z.\n"),
+            "{picked}"
+        );
+        assert!(picked.contains("quorumkv_z_seconds_count{"), "{picked}");
+        assert!(!picked.contains("quorumkv_x_total") && !picked.contains("quorumkv_y"));
+        assert_eq!(select_families(&text, &[]), text);
     }
 
     #[test]

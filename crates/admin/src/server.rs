@@ -15,6 +15,7 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
+use crate::dashboard;
 use crate::health::{liveness, readiness};
 use crate::prom::{render_raft, MetricsWriter, CONTENT_TYPE};
 use crate::{AdminSource, STUCK_AFTER};
@@ -75,21 +76,34 @@ async fn ready(State(src): State<Source>) -> Response {
     }
 }
 
-async fn metrics(State(src): State<Source>) -> Response {
+/// Everything `GET /metrics` shows for `src`.
+pub(crate) fn render_metrics(src: &dyn AdminSource) -> String {
     let s = src.raft_status();
     let (group, node) = (s.group_id.to_string(), s.id.to_string());
     let mut w = MetricsWriter::new(&[("group", &group), ("node", &node)]);
     render_raft(&mut w, &s, &src.raft_metrics(), src.started());
     src.render_extra_metrics(&mut w);
-    ([(header::CONTENT_TYPE, CONTENT_TYPE)], w.finish()).into_response()
+    w.finish()
+}
+
+async fn metrics(State(src): State<Source>) -> Response {
+    (
+        [(header::CONTENT_TYPE, CONTENT_TYPE)],
+        render_metrics(&*src),
+    )
+        .into_response()
 }
 
 fn router(source: Source) -> Router {
-    Router::new()
+    let base = Router::new()
         .route("/health/alive", get(alive))
         .route("/health/ready", get(ready))
         .route("/metrics", get(metrics))
-        .with_state(source)
+        .with_state(source.clone());
+    match source.cluster() {
+        Some(access) => base.merge(dashboard::router(access, source)),
+        None => base,
+    }
 }
 
 /// Serves the admin endpoints on `listener` until `shutdown` resolves (then waits for open

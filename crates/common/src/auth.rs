@@ -179,6 +179,8 @@ pub const RULES: &[(&str, &str, Allowed)] = &[
     ("quorumkv.shardkv.ShardKv", "Status", READ),
     ("quorumkv.shardkv.ShardKv", "PullShard", NODE),
     ("quorumkv.shardkv.ShardKv", "DeleteShard", NODE),
+    // A member's readiness, Raft state and metrics, gathered by the dashboard.
+    ("quorumkv.admin.AdminView", "Member", READ),
 ];
 
 /// The roles allowed to call the gRPC method at `path` (`/package.Service/Method`); `None`
@@ -397,6 +399,7 @@ mod tests {
             include_str!("../../../proto/raft.proto"),
             include_str!("../../../proto/shardctrler.proto"),
             include_str!("../../../proto/shardkv.proto"),
+            include_str!("../../../proto/admin.proto"),
         ];
         let mut seen = 0;
         for text in protos {

@@ -32,3 +32,9 @@ pub mod shardkv {
 pub mod etcd {
     tonic::include_proto!("etcdserverpb");
 }
+
+/// A member's admin view (readiness, Raft state, metrics) over mutual TLS, for the dashboard
+/// (`proto/admin.proto`).
+pub mod admin {
+    tonic::include_proto!("quorumkv.admin");
+}

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use quorumkv_admin::prom::Kind;
-use quorumkv_admin::{AdminSource, MetricsWriter, RequestGate};
+use quorumkv_admin::{AdminSource, ClusterAccess, MetricsWriter, RequestGate};
 use quorumkv_common::rpc::{ErrorKind, RpcError};
 use quorumkv_raft_core::{Histogram, RaftMetrics, RaftNode, Status};
 use tonic::Status as RpcStatus;
@@ -93,6 +93,8 @@ pub struct CtrlerAdmin {
     pub(crate) gate: Arc<RequestGate>,
     pub(crate) metrics: Arc<CtrlMetrics>,
     pub(crate) started: Instant,
+    /// The controller's members and this member's certificate, for the dashboard.
+    pub(crate) cluster: ClusterAccess,
 }
 
 impl AdminSource for CtrlerAdmin {
@@ -110,6 +112,10 @@ impl AdminSource for CtrlerAdmin {
 
     fn shutting_down(&self) -> bool {
         self.gate.is_closing()
+    }
+
+    fn cluster(&self) -> Option<ClusterAccess> {
+        Some(self.cluster.clone())
     }
 
     fn render_extra_metrics(&self, w: &mut MetricsWriter) {

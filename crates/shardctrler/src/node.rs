@@ -28,7 +28,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
-use quorumkv_admin::{shutdown, AdminServer, RequestGate};
+use quorumkv_admin::{
+    shutdown, AdminServer, AdminSource, AdminViewService, ClusterAccess, RequestGate,
+};
 use quorumkv_common::TlsMaterial;
 use quorumkv_raft_core::{NodeConfig, RaftAdminService, RaftNode};
 use tokio::net::TcpListener;
@@ -170,6 +172,11 @@ impl CtrlerMember {
         check_or_store_shards(&raft.data_dir, num_shards)?;
         let sm = ControllerSm::new(num_shards).map_err(|e| cannot_start(e.to_string()))?;
         let local_addr = listener.local_addr().map_err(cannot_start)?;
+        // The dashboard of this member reaches the controller through its own members.
+        let cluster = ClusterAccess {
+            ctrlers: raft.members.iter().map(|(_, addr)| addr.clone()).collect(),
+            tls: tls.clone(),
+        };
 
         let (node, raft_service) =
             RaftNode::start_grpc(raft, sm, tls.clone(), MAILBOX_CAPACITY).map_err(cannot_start)?;
@@ -177,15 +184,16 @@ impl CtrlerMember {
         let gate = RequestGate::new();
         let metrics = Arc::new(CtrlMetrics::new());
         let span = tracing::info_span!("ctrler", node = id);
+        let source: Arc<dyn AdminSource> = Arc::new(CtrlerAdmin {
+            node: node.clone(),
+            gate: gate.clone(),
+            metrics: metrics.clone(),
+            started,
+            cluster,
+        });
         let admin = match admin {
             Some(addr) => {
-                let source = CtrlerAdmin {
-                    node: node.clone(),
-                    gate: gate.clone(),
-                    metrics: metrics.clone(),
-                    started,
-                };
-                match AdminServer::bind(addr, Arc::new(source))
+                match AdminServer::bind(addr, source.clone())
                     .instrument(span.clone())
                     .await
                 {
@@ -205,6 +213,7 @@ impl CtrlerMember {
             .layer(quorumkv_common::AuthLayer)
             .add_service(raft_service.into_server())
             .add_service(RaftAdminService::new(node.clone()).into_server())
+            .add_service(AdminViewService::new(source).into_server())
             .add_service(
                 CtrlerService::new(node.clone(), gate.clone(), metrics.clone()).into_server(),
             );

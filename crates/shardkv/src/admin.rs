@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use quorumkv_admin::prom::Kind;
-use quorumkv_admin::{AdminSource, MetricsWriter, RequestGate};
+use quorumkv_admin::{AdminSource, ClusterAccess, MetricsWriter, RequestGate};
 use quorumkv_raft_core::{RaftMetrics, RaftNode, Status};
 
 use crate::metrics::{KvMetrics, Op, RESULTS};
@@ -31,6 +31,8 @@ pub struct KvAdmin {
     pub(crate) gate: Arc<RequestGate>,
     pub(crate) metrics: Arc<KvMetrics>,
     pub(crate) started: Instant,
+    /// The controller's members and this member's certificate, for the dashboard.
+    pub(crate) cluster: ClusterAccess,
 }
 
 struct ShardRow {
@@ -55,6 +57,10 @@ impl AdminSource for KvAdmin {
 
     fn shutting_down(&self) -> bool {
         self.gate.is_closing()
+    }
+
+    fn cluster(&self) -> Option<ClusterAccess> {
+        Some(self.cluster.clone())
     }
 
     fn render_extra_metrics(&self, w: &mut MetricsWriter) {

@@ -23,6 +23,9 @@
 //! - [`metrics`] counts client requests by operation and result, and migration progress;
 //!   [`admin::KvAdmin`] shows them, the state of each shard and the Raft metrics on the
 //!   admin port (`quorumkv-admin`).
+//! - [`stale_reads`] is a deliberately broken read path for tests only (follower reads
+//!   without ReadIndex from a lagging follower): it shows that `shardkv-client check` catches
+//!   stale reads.
 //!
 //! A shard is served from the moment it has fully arrived, even while other shards of the same
 //! configuration are still missing; shards that do not move keep being served throughout.
@@ -36,8 +39,10 @@ pub mod migrate;
 pub mod node;
 pub mod service;
 pub mod shard;
+pub mod stale_reads;
 pub mod state;
 pub mod store;
 
 pub use node::{KvMember, KvMemberOptions, StartError};
+pub use stale_reads::ReadMode;
 pub use state::{ShardKvState, MAX_KEY_BYTES, MAX_VALUE_BYTES};

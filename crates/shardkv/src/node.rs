@@ -21,7 +21,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use quorumkv_admin::{shutdown, AdminServer, RequestGate};
+use quorumkv_admin::{
+    shutdown, AdminServer, AdminSource, AdminViewService, ClusterAccess, RequestGate,
+};
 use quorumkv_common::TlsMaterial;
 use quorumkv_raft_core::{
     GrpcTransport, NodeConfig, RaftAdminService, RaftError, RaftNode, Transport,
@@ -36,6 +38,7 @@ use tracing::Instrument;
 use crate::admin::KvAdmin;
 use crate::metrics::KvMetrics;
 use crate::service::KvService;
+use crate::stale_reads::{LaggingTransport, ReadMode, StaleReadsService};
 use crate::state::ShardKvState;
 
 /// Requests queued for the Raft driver before new ones are refused with `RetryLater`.
@@ -62,6 +65,10 @@ pub struct KvMemberOptions {
     /// `/metrics`); port 0 picks a free port (see [`KvMember::admin_addr`]). `None`: no admin
     /// endpoint.
     pub admin: Option<SocketAddr>,
+    /// How `Get` is served: [`ReadMode::ReadIndex`] (linearizable) except in tests that need
+    /// stale reads on purpose (see [`crate::stale_reads`]; with `wrap_transport` set, the read
+    /// follower does not lag).
+    pub reads: ReadMode,
 }
 
 /// The shard store's directory inside a member's data directory.
@@ -104,6 +111,7 @@ impl KvMember {
             tls,
             wrap_transport,
             admin,
+            reads,
         } = opts;
         let started = Instant::now();
         let gid = raft.group_id;
@@ -113,6 +121,11 @@ impl KvMember {
             ));
         }
         let id = raft.id;
+        let members = raft.members.clone();
+        let cluster = ClusterAccess {
+            ctrlers: ctrlers.clone(),
+            tls: tls.clone(),
+        };
         let ctrler = CtrlerClient::connect(ctrlers, tls.clone())
             .map_err(|e| StartError::InvalidArgument(e.to_string()))?;
         let local_addr = listener
@@ -122,24 +135,28 @@ impl KvMember {
         let state = ShardKvState::open(gid, &raft.data_dir.join(STORE_DIR))?;
         let (node, raft_service) =
             RaftNode::start_grpc_wrapped(raft, state, tls.clone(), MAILBOX_CAPACITY, |t| {
-                match &wrap_transport {
-                    Some(wrap) => wrap(t),
-                    None => Arc::new(t),
+                match (&wrap_transport, reads) {
+                    (Some(wrap), _) => wrap(t),
+                    (None, ReadMode::ReadIndex) => Arc::new(t),
+                    (None, ReadMode::UnsafeFollowerReadsForTesting) => {
+                        Arc::new(LaggingTransport::new(t, id, &members))
+                    }
                 }
             })?;
         let node = Arc::new(node);
         let gate = RequestGate::new();
         let metrics = Arc::new(KvMetrics::new());
         let span = tracing::info_span!("shardkv", gid, node = id);
+        let source: Arc<dyn AdminSource> = Arc::new(KvAdmin {
+            node: node.clone(),
+            gate: gate.clone(),
+            metrics: metrics.clone(),
+            started,
+            cluster,
+        });
         let admin = match admin {
             Some(addr) => {
-                let source = KvAdmin {
-                    node: node.clone(),
-                    gate: gate.clone(),
-                    metrics: metrics.clone(),
-                    started,
-                };
-                let server = AdminServer::bind(addr, Arc::new(source))
+                let server = AdminServer::bind(addr, source.clone())
                     .instrument(span.clone())
                     .await;
                 match server {
@@ -159,7 +176,23 @@ impl KvMember {
             .layer(quorumkv_common::AuthLayer)
             .add_service(raft_service.into_server())
             .add_service(RaftAdminService::new(node.clone()).into_server())
-            .add_service(KvService::new(node.clone(), gate.clone(), metrics.clone()).into_server());
+            .add_service(AdminViewService::new(source).into_server());
+        let router = match reads {
+            ReadMode::ReadIndex => router.add_service(
+                KvService::new(node.clone(), gate.clone(), metrics.clone()).into_server(),
+            ),
+            ReadMode::UnsafeFollowerReadsForTesting => {
+                tracing::warn!(
+                    gid,
+                    node = id,
+                    "UNSAFE: serving stale reads on purpose (--unsafe-stale-reads-for-testing)"
+                );
+                router.add_service(
+                    StaleReadsService::new(node.clone(), gate.clone(), metrics.clone())
+                        .into_server(),
+                )
+            }
+        };
         let (stop_migration, migration_stopped) = watch::channel(false);
         let (stop_server, server_stopped) = oneshot::channel::<()>();
         let server = tokio::spawn(

@@ -17,19 +17,22 @@
 //!   rule (nothing acknowledged, nothing the log is compacted behind, left unsynced).
 //! - [`metrics`]: checks a server's `/metrics` families against the list the monitoring
 //!   manifests are validated with.
-//! - [`linearizability`]: a porcupine-style checker that decides, key by key, whether a
-//!   history of concurrent Get/Put/Append/Delete calls (timed-out writes included) is
-//!   linearizable, plus a thread-safe [`linearizability::History`] recorder for it.
+//! - [`linearizability`]: the `quorumkv-lincheck` crate, re-exported under its old name: a
+//!   porcupine-style checker that decides, key by key, whether a history of concurrent
+//!   Get/Put/Append/Delete calls (timed-out writes included) is linearizable, plus a
+//!   thread-safe [`linearizability::History`] recorder for it. It is a crate of its own so that
+//!   `shardkv-client check` can link it without linking this test-support crate.
 
 pub mod certs;
 pub mod cluster;
 pub mod kv;
-pub mod linearizability;
 pub mod mem;
 pub mod metrics;
 pub mod net;
 pub mod ports;
 pub mod syscalls;
+
+pub use quorumkv_lincheck as linearizability;
 
 pub use cluster::{ClusterOptions, TestCluster};
 pub use kv::{KvCommand, KvStateMachine};

@@ -126,6 +126,7 @@ impl Cluster {
                 )) as Arc<dyn Transport>
             })),
             admin: Some("127.0.0.1:0".parse().unwrap()),
+            reads: Default::default(),
         }
     }
 

@@ -1,8 +1,11 @@
+//! # QuorumKV linearizability checker
+//!
 //! A linearizability checker for key/value histories, in the manner of porcupine.
 //!
-//! Cluster tests (migrations, leader kills, partitions) let several clients hammer the store
-//! concurrently and record every request as an [`Operation`]: when it was invoked, when its
-//! response arrived, and what a `Get` returned. [`check`] then decides whether some total order
+//! Cluster tests (migrations, leader kills, partitions) and `shardkv-client check` (run by a
+//! user against a real cluster) let several clients hammer the store concurrently and record
+//! every request as an [`Operation`]: when it was invoked, when its response arrived, and what
+//! a `Get` returned. [`check`] then decides whether some total order
 //! of those operations exists that (a) respects real time — an operation that returned before
 //! another was invoked comes first — and (b) explains every `Get` by a single copy of the map
 //! (Herlihy & Wing's linearizability). A stale read, a lost acknowledged write or a write
@@ -41,12 +44,23 @@
 //! nothing and is dropped. A request that failed *definitely* before taking effect (e.g.
 //! rejected as `WrongGroup` before being proposed) should not be recorded at all.
 //!
+//! # Per key, and the smallest failing history
+//!
+//! [`check_each`] gives the verdict on every key (a tool reports how many keys failed, not
+//! only the first). [`shrink`] turns one key's failing history into a smallest sub-history
+//! that still fails, and that is a proof on its own: it only drops a write when no read it
+//! keeps could have observed that write, so a linearization of the whole history would
+//! restrict to one of the sub-history (see the `shrink` module).
+//!
 //! # What it leaves out
 //!
 //! Since the search can blow up, each key gets a step budget; exhausting it yields
 //! [`CheckResult::Unknown`] rather than a guess. Times are plain nanosecond counts so the
 //! checker itself is deterministic; [`History`] is only the thread-safe recorder that stamps
-//! them from a monotonic clock. Multi-key operations and transactions are not modelled.
+//! them from a monotonic clock. Multi-key operations and transactions are not modelled. The
+//! crate does no I/O: saving or loading histories is the caller's business.
+
+mod shrink;
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
@@ -54,6 +68,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use parking_lot::Mutex;
+
+pub use shrink::shrink;
 
 /// A budget that covers per-key histories of a few hundred operations from a handful of
 /// concurrent clients (a few seconds per key at most in a debug build).
@@ -251,20 +267,8 @@ impl fmt::Display for CheckResult {
 ///
 /// If a completed operation's `ret` precedes its `call` (a recording bug).
 pub fn check(history: &[Operation], steps_per_key: u64) -> CheckResult {
-    let mut by_key: BTreeMap<&[u8], Vec<&Operation>> = BTreeMap::new();
-    for op in history {
-        if let Some(ret) = op.ret {
-            assert!(
-                op.call <= ret,
-                "operation returned before it was called: {op}"
-            );
-        } else if op.op == KvOp::Get {
-            continue; // observed nothing
-        }
-        by_key.entry(&op.key).or_default().push(op);
-    }
     let mut unknown = None;
-    for (key, ops) in by_key {
+    for (key, ops) in by_key(history) {
         match check_key(&ops, steps_per_key) {
             KeyVerdict::Linearizable => {}
             KeyVerdict::Illegal(explanation) => {
@@ -282,6 +286,60 @@ pub fn check(history: &[Operation], steps_per_key: u64) -> CheckResult {
         Some(key) => CheckResult::Unknown { key },
         None => CheckResult::Ok,
     }
+}
+
+/// The verdict on one key of a history.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyReport {
+    pub key: Vec<u8>,
+    /// The operations checked: every operation on the key but the `Get`s without a response.
+    pub operations: usize,
+    /// [`CheckResult::Ok`], or this key's [`CheckResult::Illegal`] or [`CheckResult::Unknown`].
+    pub result: CheckResult,
+}
+
+/// Like [`check`], but goes on after a failing key: the verdict on every key, in byte order.
+///
+/// # Panics
+///
+/// If a completed operation's `ret` precedes its `call` (a recording bug).
+pub fn check_each(history: &[Operation], steps_per_key: u64) -> Vec<KeyReport> {
+    by_key(history)
+        .into_iter()
+        .map(|(key, ops)| {
+            let result = match check_key(&ops, steps_per_key) {
+                KeyVerdict::Linearizable => CheckResult::Ok,
+                KeyVerdict::Illegal(explanation) => CheckResult::Illegal {
+                    key: key.to_vec(),
+                    explanation,
+                },
+                KeyVerdict::OutOfSteps => CheckResult::Unknown { key: key.to_vec() },
+            };
+            KeyReport {
+                key: key.to_vec(),
+                operations: ops.len(),
+                result,
+            }
+        })
+        .collect()
+}
+
+/// The operations of `history` by key, without the `Get`s that got no response (they observed
+/// nothing). Panics on a completed operation that returned before it was called.
+fn by_key(history: &[Operation]) -> BTreeMap<&[u8], Vec<&Operation>> {
+    let mut by_key: BTreeMap<&[u8], Vec<&Operation>> = BTreeMap::new();
+    for op in history {
+        if let Some(ret) = op.ret {
+            assert!(
+                op.call <= ret,
+                "operation returned before it was called: {op}"
+            );
+        } else if op.op == KvOp::Get {
+            continue; // observed nothing
+        }
+        by_key.entry(&op.key).or_default().push(op);
+    }
+    by_key
 }
 
 enum KeyVerdict {
@@ -539,15 +597,20 @@ fn check_key(ops: &[&Operation], max_steps: u64) -> KeyVerdict {
 /// without changing what a read sees (it is then as good as left out), so it need not be
 /// tried; one without observers at all is dropped from the search.
 fn observers(w: &Operation, ops: &[&Operation]) -> Vec<usize> {
-    let could_see = |seen: &Option<Vec<u8>>| match (&w.op, seen) {
+    (0..ops.len())
+        .filter(|&i| ops[i].op == KvOp::Get && value_may_show(&w.op, &ops[i].output))
+        .collect()
+}
+
+/// Whether a read that returned `seen` may have observed the write `w`: a `Put`'s value
+/// starts the value, an `Append`'s bytes are in it. Always true for a `Delete` (and a `Get`).
+fn value_may_show(w: &KvOp, seen: &Option<Vec<u8>>) -> bool {
+    match (w, seen) {
         (KvOp::Put(v), Some(seen)) => seen.starts_with(v),
         (KvOp::Append(b), Some(seen)) => b.is_empty() || seen.windows(b.len()).any(|s| s == b),
         (KvOp::Put(_) | KvOp::Append(_), None) => false,
         (KvOp::Delete | KvOp::Get, _) => true,
-    };
-    (0..ops.len())
-        .filter(|&i| ops[i].op == KvOp::Get && could_see(&ops[i].output))
-        .collect()
+    }
 }
 
 enum Verdict {
@@ -1147,7 +1210,7 @@ mod tests {
     }
 
     /// SplitMix64: a seeded generator whose sequence never changes with dependency versions.
-    struct Rng(u64);
+    pub(crate) struct Rng(pub(crate) u64);
 
     impl Rng {
         fn next(&mut self) -> u64 {
@@ -1158,7 +1221,7 @@ mod tests {
             z ^ (z >> 31)
         }
 
-        fn below(&mut self, n: u64) -> u64 {
+        pub(crate) fn below(&mut self, n: u64) -> u64 {
             self.next() % n
         }
     }
@@ -1168,7 +1231,12 @@ mod tests {
     /// a random instant between its call and its return, and the requests are applied to a map
     /// in the order of those instants. One in twenty requests times out; a timed-out write
     /// takes effect (possibly long after its client moved on) or is lost.
-    fn random_history(seed: u64, clients: u64, per_client: u64, keys: u64) -> Vec<Operation> {
+    pub(crate) fn random_history(
+        seed: u64,
+        clients: u64,
+        per_client: u64,
+        keys: u64,
+    ) -> Vec<Operation> {
         struct Planned {
             at: u64,
             client: u64,
