@@ -82,6 +82,7 @@ pub fn command_to_pb(cmd: &Command) -> pb::ControllerCommand {
         client_id: id.client,
         seq: id.seq,
         op: Some(op),
+        now_ms: 0,
     }
 }
 
@@ -133,9 +134,15 @@ pub fn encode_command(cmd: &Command) -> Vec<u8> {
 
 /// Decodes a log entry written by [`encode_command`].
 pub fn decode_command(bytes: &[u8]) -> Result<Command, CtrlError> {
+    decode_stamped(bytes).map(|(c, _)| c)
+}
+
+/// Decodes a log entry and the proposer's timestamp stamped on it (0 if none).
+pub fn decode_stamped(bytes: &[u8]) -> Result<(Command, u64), CtrlError> {
     let c = pb::ControllerCommand::decode(bytes)
         .map_err(|e| CtrlError::InvalidArgument(format!("malformed controller command: {e}")))?;
-    command_from_pb(c)
+    let now = c.now_ms;
+    Ok((command_from_pb(c)?, now))
 }
 
 fn result_to_pb(r: &Result<Applied, CtrlError>) -> pb::CommandResult {
@@ -202,8 +209,11 @@ pub fn encode_snapshot(s: &Snapshot) -> Vec<u8> {
                 client_id: *client,
                 last_seq: session.last_seq,
                 last_result: Some(result_to_pb(&session.last_result)),
+                last_ms: session.last_ms,
             })
             .collect(),
+        clock_ms: s.clock_ms,
+        last_sweep_ms: s.last_sweep_ms,
     }
     .encode_to_vec()
 }
@@ -244,6 +254,7 @@ pub fn decode_snapshot(bytes: &[u8]) -> Result<Snapshot, CtrlError> {
             Session {
                 last_seq: r.last_seq,
                 last_result,
+                last_ms: r.last_ms,
             },
         );
     }
@@ -251,6 +262,8 @@ pub fn decode_snapshot(bytes: &[u8]) -> Result<Snapshot, CtrlError> {
         num_shards,
         history,
         sessions,
+        clock_ms: s.clock_ms,
+        last_sweep_ms: s.last_sweep_ms,
     })
 }
 
@@ -296,6 +309,7 @@ mod tests {
             pb::ControllerCommand {
                 client_id: 0,
                 seq: 1,
+                now_ms: 0,
                 op: Some(pb::controller_command::Op::Leave(pb::LeaveOp {
                     gids: vec![1],
                 })),
@@ -303,6 +317,7 @@ mod tests {
             pb::ControllerCommand {
                 client_id: 1,
                 seq: 0,
+                now_ms: 0,
                 op: Some(pb::controller_command::Op::Leave(pb::LeaveOp {
                     gids: vec![1],
                 })),
@@ -310,11 +325,13 @@ mod tests {
             pb::ControllerCommand {
                 client_id: 1,
                 seq: 1,
+                now_ms: 0,
                 op: None,
             },
             pb::ControllerCommand {
                 client_id: 1,
                 seq: 1,
+                now_ms: 0,
                 op: Some(pb::controller_command::Op::Join(pb::JoinOp {
                     groups: vec![
                         pb::Group {

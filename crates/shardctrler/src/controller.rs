@@ -89,7 +89,16 @@ pub struct Session {
     pub last_seq: u64,
     /// What that request returned, refusal included, handed back verbatim to retries.
     pub last_result: Result<Applied, CtrlError>,
+    /// The proposer's timestamp of that request (drives expiry; 0 for a request from before
+    /// commands carried one).
+    pub last_ms: u64,
 }
+
+/// A session idle for this long (by the proposers' timestamps carried in the log) is
+/// forgotten: a client retries a request for seconds, never for this long.
+pub const SESSION_TTL_MS: u64 = 60 * 60 * 1000;
+/// Idle sessions are swept when the log's clock has moved this far since the last sweep.
+const SWEEP_INTERVAL_MS: u64 = 60 * 1000;
 
 /// The controller's complete state as plain data, for the Raft layer to encode and ship.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -100,6 +109,10 @@ pub struct Snapshot {
     pub history: Vec<Config>,
     /// client id → newest request outcome.
     pub sessions: BTreeMap<u64, Session>,
+    /// The highest proposer timestamp applied (the log's clock).
+    pub clock_ms: u64,
+    /// The clock at the last sweep of idle sessions.
+    pub last_sweep_ms: u64,
 }
 
 /// The shard controller's deterministic state machine.
@@ -113,9 +126,14 @@ pub struct Controller {
     /// Append-only; `history[i].num == i` and `history[0]` is [`Config::initial`]. Nothing
     /// hands out `&mut` access, which is what makes a queried configuration immutable forever.
     history: Vec<Config>,
-    /// One entry per client that ever sent a command. Entries are never dropped: a client that
-    /// went quiet could still have a retry in flight.
+    /// One entry per client that sent a command in the last [`SESSION_TTL_MS`] of the log's
+    /// clock; older ones are swept, deterministically, at points of the log every replica
+    /// agrees on.
     sessions: BTreeMap<u64, Session>,
+    /// The highest proposer timestamp applied.
+    clock_ms: u64,
+    /// The clock at the last sweep.
+    last_sweep_ms: u64,
 }
 
 impl Default for Controller {
@@ -141,6 +159,8 @@ impl Controller {
             num_shards,
             history: vec![Config::initial(num_shards)],
             sessions: BTreeMap::new(),
+            clock_ms: 0,
+            last_sweep_ms: 0,
         })
     }
 
@@ -186,6 +206,18 @@ impl Controller {
     ///   [`CtrlError::Superseded`]: its result was already delivered, and the recorded outcome
     ///   belongs to a different request.
     pub fn apply(&mut self, cmd: Command) -> Result<Applied, CtrlError> {
+        self.apply_at(cmd, self.clock_ms)
+    }
+
+    /// [`Controller::apply`] of a command its proposer stamped with `now_ms` (the log's clock:
+    /// sessions idle for [`SESSION_TTL_MS`] of it are forgotten).
+    ///
+    /// A Join whose groups are all already in the latest configuration with the same servers
+    /// succeeds without a new configuration (`Applied` names the latest one), so scripts and
+    /// jobs can repeat it.
+    pub fn apply_at(&mut self, cmd: Command, now_ms: u64) -> Result<Applied, CtrlError> {
+        self.clock_ms = self.clock_ms.max(now_ms);
+        self.sweep_sessions();
         let id = cmd.id();
         if let Some(session) = self.sessions.get(&id.client) {
             if id.seq == session.last_seq {
@@ -199,20 +231,42 @@ impl Controller {
                 });
             }
         }
-        let result = self.next_config(cmd).map(|config| {
-            debug_assert_eq!(config.check_invariants(self.num_shards), Ok(()));
-            let num = config.num;
-            self.history.push(config);
-            Applied { num }
+        let result = self.next_config(cmd).map(|config| match config {
+            Some(config) => {
+                debug_assert_eq!(config.check_invariants(self.num_shards), Ok(()));
+                let num = config.num;
+                self.history.push(config);
+                Applied { num }
+            }
+            None => Applied {
+                num: self.latest().num,
+            },
         });
         self.sessions.insert(
             id.client,
             Session {
                 last_seq: id.seq,
                 last_result: result.clone(),
+                last_ms: self.clock_ms,
             },
         );
         result
+    }
+
+    /// Forgets sessions idle for longer than the TTL, once per sweep interval of the log's
+    /// clock (a sweep visits every session).
+    fn sweep_sessions(&mut self) {
+        if self.clock_ms < self.last_sweep_ms + SWEEP_INTERVAL_MS {
+            return;
+        }
+        let horizon = self.clock_ms.saturating_sub(SESSION_TTL_MS);
+        self.sessions.retain(|_, s| s.last_ms >= horizon);
+        self.last_sweep_ms = self.clock_ms;
+    }
+
+    /// The number of clients the controller remembers.
+    pub fn session_count(&self) -> usize {
+        self.sessions.len()
     }
 
     /// A copy of the whole state, for the Raft layer to serialize.
@@ -221,6 +275,8 @@ impl Controller {
             num_shards: self.num_shards,
             history: self.history.clone(),
             sessions: self.sessions.clone(),
+            clock_ms: self.clock_ms,
+            last_sweep_ms: self.last_sweep_ms,
         }
     }
 
@@ -231,6 +287,8 @@ impl Controller {
             num_shards,
             history,
             sessions,
+            clock_ms,
+            last_sweep_ms,
         } = snapshot;
         if num_shards == 0 {
             return Err(corrupt("the shard count is 0".into()));
@@ -262,18 +320,30 @@ impl Controller {
             num_shards,
             history,
             sessions,
+            clock_ms,
+            last_sweep_ms,
         })
     }
 
-    /// The configuration `cmd` would create, or why it is refused. Does not modify `self`.
-    fn next_config(&self, cmd: Command) -> Result<Config, CtrlError> {
+    /// The configuration `cmd` would create (`None`: it changes nothing and needs none), or
+    /// why it is refused. Does not modify `self`.
+    fn next_config(&self, cmd: Command) -> Result<Option<Config>, CtrlError> {
         let latest = self.latest();
         let mut next = Config {
             num: latest.num + 1,
             ..latest.clone()
         };
         match cmd {
-            Command::Join { groups, .. } => {
+            Command::Join { mut groups, .. } => {
+                if groups.is_empty() {
+                    return Err(invalid("join names no groups".into()));
+                }
+                // Groups already in with exactly these servers: joined before (a retry by a
+                // script or job); nothing to do for them.
+                groups.retain(|gid, servers| latest.groups.get(gid) != Some(servers));
+                if groups.is_empty() {
+                    return Ok(None);
+                }
                 self.check_join(&groups)?;
                 next.groups.extend(groups);
                 next.shards = rebalance(&latest.shards, &next.gids());
@@ -294,7 +364,7 @@ impl Controller {
                 next.shards[index] = gid;
             }
         }
-        Ok(next)
+        Ok(Some(next))
     }
 
     fn check_join(&self, groups: &BTreeMap<u64, Vec<String>>) -> Result<(), CtrlError> {
@@ -382,6 +452,18 @@ impl Controller {
                     latest.num
                 )));
             }
+        }
+        if seen.len() == latest.groups.len() {
+            // The shards would have no owner: nobody would pull them, and the groups leaving
+            // could not hand them off.
+            return Err(invalid(format!(
+                "leave: removing every group ({}) would leave the shards and their data with \
+                 no owner; join another group first, or keep one",
+                gids.iter()
+                    .map(|g| g.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )));
         }
         Ok(())
     }

@@ -86,7 +86,9 @@ pub mod sm;
 
 pub use addr::check_server_addr;
 pub use config::{Config, UNASSIGNED};
-pub use controller::{Applied, Command, Controller, RequestId, Session, Snapshot, DEFAULT_SHARDS};
+pub use controller::{
+    Applied, Command, Controller, RequestId, Session, Snapshot, DEFAULT_SHARDS, SESSION_TTL_MS,
+};
 pub use error::CtrlError;
 pub use node::{serve, CtrlerMember, MemberOptions, CONTROLLER_GROUP_ID};
 pub use rebalance::rebalance;

@@ -88,8 +88,13 @@ impl CtrlerService {
     /// Validates, proposes and waits for the outcome of one change.
     async fn change(
         &self,
-        cmd: pb::ControllerCommand,
+        mut cmd: pb::ControllerCommand,
     ) -> Result<Response<pb::ChangeReply>, Status> {
+        // The log's clock (session expiry) comes from the proposer, never from the appliers.
+        cmd.now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
         let parsed = codec::command_from_pb(cmd.clone()).map_err(error_status)?;
         precheck(&parsed, self.num_shards).map_err(error_status)?;
         let response = self
@@ -224,6 +229,7 @@ impl ShardCtrler for CtrlerService {
         let cmd = pb::ControllerCommand {
             client_id: r.client_id,
             seq: r.seq,
+            now_ms: 0,
             op: Some(pb::controller_command::Op::Join(pb::JoinOp {
                 groups: r.groups,
             })),
@@ -239,6 +245,7 @@ impl ShardCtrler for CtrlerService {
         let cmd = pb::ControllerCommand {
             client_id: r.client_id,
             seq: r.seq,
+            now_ms: 0,
             op: Some(pb::controller_command::Op::Leave(pb::LeaveOp {
                 gids: r.gids,
             })),
@@ -254,6 +261,7 @@ impl ShardCtrler for CtrlerService {
         let cmd = pb::ControllerCommand {
             client_id: r.client_id,
             seq: r.seq,
+            now_ms: 0,
             op: Some(pb::controller_command::Op::Move(pb::MoveOp {
                 shard: r.shard,
                 gid: r.gid,
@@ -270,6 +278,7 @@ impl ShardCtrler for CtrlerService {
         let cmd = pb::ControllerCommand {
             client_id: r.client_id,
             seq: r.seq,
+            now_ms: 0,
             op: Some(pb::controller_command::Op::SetServers(pb::SetServersOp {
                 gid: r.gid,
                 servers: r.servers,

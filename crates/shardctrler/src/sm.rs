@@ -37,7 +37,8 @@ impl StateMachine for ControllerSm {
     /// refused as `InvalidArgument` without touching the controller (no session can be
     /// charged for them), identically on every replica.
     fn apply(&mut self, _index: u64, command: &[u8]) -> Result<Vec<u8>, SmError> {
-        let result = codec::decode_command(command).and_then(|cmd| self.ctrl.apply(cmd));
+        let result =
+            codec::decode_stamped(command).and_then(|(cmd, now)| self.ctrl.apply_at(cmd, now));
         Ok(codec::encode_result(&result))
     }
 

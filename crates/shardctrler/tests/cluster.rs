@@ -412,10 +412,16 @@ async fn a_retried_request_is_applied_once() {
     let join = pb::JoinRequest {
         client_id: 42,
         seq: 1,
-        groups: vec![pb::Group {
-            gid: 7,
-            servers: servers(7),
-        }],
+        groups: vec![
+            pb::Group {
+                gid: 7,
+                servers: servers(7),
+            },
+            pb::Group {
+                gid: 8,
+                servers: servers(8),
+            },
+        ],
     };
     let first = raw.join(join.clone()).await.unwrap().into_inner();
     let again = raw.join(join.clone()).await.unwrap().into_inner();
@@ -487,8 +493,10 @@ async fn bad_input_is_refused_and_changes_nothing() {
         ck.join(bad_join(2, &["no-port"])).await,
         ck.join(bad_join(2, &["a:1", "A:1"])).await,
         ck.join(bad_join(2, &["g1-s0:7001"])).await,
-        ck.join(one(1)).await,
+        ck.join(BTreeMap::from([(1, vec!["other:7001".to_string()])]))
+            .await,
         ck.join(BTreeMap::new()).await,
+        ck.leave(vec![1]).await,
         ck.leave(vec![]).await,
         ck.leave(vec![9]).await,
         ck.leave(vec![1, 1]).await,
@@ -502,6 +510,9 @@ async fn bad_input_is_refused_and_changes_nothing() {
             "case {i}: {r:?}"
         );
     }
+    assert_eq!(latest(&ck).await, before);
+    // Joining a group again with the same servers succeeds and changes nothing.
+    assert_eq!(ck.join(one(1)).await.unwrap(), before.num);
     assert_eq!(latest(&ck).await, before);
 
     let mut raw = c.grpc(c.wait_leader().await).await;

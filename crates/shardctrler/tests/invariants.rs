@@ -141,20 +141,27 @@ fn expect_ok(cmd: &Command, prev: &Config) -> bool {
                 .flatten()
                 .filter_map(identity)
                 .collect();
-            !groups.is_empty()
+            // Groups already in with the same servers are skipped (a repeated join).
+            let groups: BTreeMap<_, _> = groups
+                .iter()
+                .filter(|(gid, servers)| prev.groups.get(gid) != Some(servers))
+                .collect();
+            (!groups.is_empty() || join_is_repeat(cmd, prev))
                 && groups.iter().all(|(gid, servers)| {
-                    *gid != 0 && !prev.groups.contains_key(gid) && !servers.is_empty()
+                    **gid != 0 && !prev.groups.contains_key(gid) && !servers.is_empty()
                 })
                 && groups
                     .values()
-                    .flatten()
+                    .flat_map(|s| s.iter())
                     .all(|addr| identity(addr).is_some_and(|id| used.insert(id)))
         }
         Command::Leave { gids, .. } => {
             let distinct: BTreeSet<u64> = gids.iter().copied().collect();
+            // Never every group: the shards would have no owner.
             !gids.is_empty()
                 && distinct.len() == gids.len()
                 && distinct.iter().all(|g| prev.groups.contains_key(g))
+                && distinct.len() < prev.groups.len()
         }
         Command::Move { shard, gid, .. } => {
             (*shard as usize) < prev.shards.len() && prev.groups.contains_key(gid)
@@ -174,6 +181,12 @@ fn expect_ok(cmd: &Command, prev: &Config) -> bool {
                     .all(|addr| identity(addr).is_some_and(|id| used.insert(id)))
         }
     }
+}
+
+/// A Join (non-empty) whose every group is already in with the same servers: a no-op.
+fn join_is_repeat(cmd: &Command, prev: &Config) -> bool {
+    matches!(cmd, Command::Join { groups, .. }
+        if !groups.is_empty() && groups.iter().all(|(g, s)| prev.groups.get(g) == Some(s)))
 }
 
 /// Applies `ops` to a fresh controller, checking every invariant after every step.
@@ -267,6 +280,11 @@ fn run(num_shards: usize, ops: &[Op]) -> Controller {
                 continue;
             }
             Err(e) => panic!("unexpected {e:?}"),
+            Ok(Applied { num }) if join_is_repeat(&cmd, &prev) => {
+                assert_eq!(history, before.history(), "a repeated join changed history");
+                assert_eq!(num, next.num);
+                continue;
+            }
             Ok(Applied { num }) => {
                 assert_eq!(history.len(), before.history().len() + 1);
                 assert_eq!(num, next.num);

@@ -76,9 +76,15 @@ fn basic_join_leave() {
 
     assert_eq!(ck.leave(&mut c, &[1]), Ok(Applied { num: 3 }));
     check_balanced(&latest(&c), &[2]);
-    assert_eq!(ck.leave(&mut c, &[2]), Ok(Applied { num: 4 }));
-    check_balanced(&latest(&c), &[]);
-    assert!(latest(&c).shards.iter().all(|s| *s == 0));
+    // The last group cannot leave: its shards, data included, would have no owner.
+    let err = ck.leave(&mut c, &[2]).unwrap_err();
+    assert!(err.to_string().contains("no owner"), "{err}");
+    assert_eq!(latest(&c).num, 3);
+    assert!(latest(&c).shards.iter().all(|s| *s == 2));
+    // Nor can all of several groups at once.
+    ck.join(&mut c, &[1]).unwrap();
+    assert!(ck.leave(&mut c, &[1, 2]).is_err());
+    check_balanced(&latest(&c), &[1, 2]);
 }
 
 #[test]
@@ -94,7 +100,7 @@ fn historical_queries_never_change() {
     seen.push(latest(&c));
     ck.leave(&mut c, &[1, 3]).unwrap();
     seen.push(latest(&c));
-    ck.leave(&mut c, &[2, 4, 5]).unwrap();
+    ck.leave(&mut c, &[2, 4]).unwrap();
     seen.push(latest(&c));
 
     for (num, cfg) in seen.iter().enumerate() {
@@ -145,8 +151,8 @@ fn moves_are_respected_until_the_next_join() {
     let after = latest(&c);
     check_balanced(&after, &[3, 4, 5]);
     assert_eq!(moved(&before, &after), min_moves(&before, &after));
-    ck.leave(&mut c, &[3, 4, 5]).unwrap();
-    check_balanced(&latest(&c), &[]);
+    ck.leave(&mut c, &[3, 4]).unwrap();
+    check_balanced(&latest(&c), &[5]);
 }
 
 #[test]
@@ -226,8 +232,8 @@ fn multi_group_join_leave_with_minimal_transfers() {
             );
         }
     }
-    ck.leave(&mut c, &[1, 2, 3]).unwrap();
-    check_balanced(&latest(&c), &[]);
+    ck.leave(&mut c, &[1, 2]).unwrap();
+    check_balanced(&latest(&c), &[3]);
 }
 
 #[test]
@@ -486,36 +492,69 @@ fn retried_commands_apply_once() {
     assert_eq!(c.apply(join(a, 1)), Ok(Applied { num: 1 }));
     assert_eq!(c.history().len(), 2);
 
-    // Another client's identical request is a different request.
+    // Another client's Join of that gid with other servers is refused; with the same
+    // servers it is a no-op that names the latest configuration (scripts repeat joins).
     let b = RequestId { client: 8, seq: 1 };
-    let refused = c.apply(join(b, 1));
+    let other = Command::Join {
+        id: b,
+        groups: BTreeMap::from([(1, servers(9))]),
+    };
+    let refused = c.apply(other.clone());
     assert!(matches!(refused, Err(CtrlError::InvalidArgument(_))));
+    let again = RequestId { client: 9, seq: 1 };
+    assert_eq!(c.apply(join(again, 1)), Ok(Applied { num: 1 }));
+    assert_eq!(c.history().len(), 2);
 
     // A refusal stays final for that request id even once the command would succeed.
+    c.apply(join(RequestId { client: 7, seq: 2 }, 2)).unwrap();
     c.apply(Command::Leave {
-        id: RequestId { client: 7, seq: 2 },
+        id: RequestId { client: 7, seq: 3 },
         gids: vec![1],
     })
     .unwrap();
-    assert_eq!(c.apply(join(b, 1)), refused);
-    assert_eq!(c.history().len(), 3);
+    assert_eq!(c.apply(other), refused);
+    assert_eq!(c.history().len(), 4);
 
     // A delayed duplicate of an older request is superseded, and changes nothing.
-    let a3 = RequestId { client: 7, seq: 3 };
-    assert_eq!(c.apply(join(a3, 2)), Ok(Applied { num: 3 }));
+    let a4 = RequestId { client: 7, seq: 4 };
+    assert_eq!(c.apply(join(a4, 3)), Ok(Applied { num: 4 }));
     let before = c.clone();
     assert_eq!(
         c.apply(join(a, 5)),
         Err(CtrlError::Superseded {
             client: 7,
             seq: 1,
-            last_seq: 3
+            last_seq: 4
         })
     );
     assert_eq!(c, before);
     // Sequence numbers may skip; only order matters.
     let a9 = RequestId { client: 7, seq: 9 };
-    assert_eq!(c.apply(join(a9, 4)), Ok(Applied { num: 4 }));
+    assert_eq!(c.apply(join(a9, 4)), Ok(Applied { num: 5 }));
+}
+
+#[test]
+fn idle_sessions_expire_by_the_log_clock_and_the_same_on_every_replica() {
+    use quorumkv_shardctrler::SESSION_TTL_MS;
+    let mut a = Controller::with_shards(4).unwrap();
+    let join = |client, seq, gid: u64| Command::Join {
+        id: RequestId { client, seq },
+        groups: BTreeMap::from([(gid, servers(gid))]),
+    };
+    let t0 = 1_000_000;
+    a.apply_at(join(1, 1, 1), t0).unwrap();
+    a.apply_at(join(2, 1, 2), t0 + SESSION_TTL_MS / 2).unwrap();
+    assert_eq!(a.session_count(), 2);
+    // A replica restored from a snapshot taken now sweeps at the same points of the log.
+    let mut b = Controller::restore(a.snapshot()).unwrap();
+    // Client 1 is idle past the TTL when client 3 writes: swept; client 2 is not yet.
+    for c in [&mut a, &mut b] {
+        c.apply_at(join(3, 1, 3), t0 + SESSION_TTL_MS + 61_000)
+            .unwrap();
+        assert_eq!(c.session_count(), 2, "client 1's idle session was kept");
+        assert!(c.session(1).is_none() && c.session(2).is_some());
+    }
+    assert_eq!(a, b);
 }
 
 #[test]

@@ -34,6 +34,7 @@ pub async fn run(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut tick = tokio::time::interval(POLL_INTERVAL);
+    let mut warned = None;
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
@@ -48,7 +49,7 @@ pub async fn run(
         }
         let view = node.read_local(|sm| sm.migration_view());
         if view.settled {
-            next_config(&node, &ctrler, view.config_num).await;
+            next_config(&node, &ctrler, view.config_num, &mut warned).await;
             continue;
         }
         let deadline = Instant::now() + ROUND_TIMEOUT;
@@ -86,7 +87,12 @@ pub async fn run(
 }
 
 /// Proposes the configuration after `current`, if the controller has it.
-async fn next_config(node: &RaftNode<ShardKvState>, ctrler: &CtrlerClient, current: u64) {
+async fn next_config(
+    node: &RaftNode<ShardKvState>,
+    ctrler: &CtrlerClient,
+    current: u64,
+    warned: &mut Option<u64>,
+) {
     let next = match ctrler.query(Some(current + 1)).await {
         Ok(c) if c.num == current + 1 => c,
         Ok(_) => return,
@@ -95,6 +101,14 @@ async fn next_config(node: &RaftNode<ShardKvState>, ctrler: &CtrlerClient, curre
             return;
         }
     };
+    if let Some(why) = node.read_local(|sm| sm.orphans(&next)) {
+        // Said once per configuration; the poll sees it every round.
+        if *warned != Some(next.num) {
+            tracing::warn!("{why}");
+            *warned = Some(next.num);
+        }
+        return;
+    }
     tracing::info!(config = next.num, "moving to the next configuration");
     if let Err(e) = propose(node, pb::command::Cmd::NextConfig(config_to_pb(&next))).await {
         tracing::debug!(error = %e, "next configuration not applied");

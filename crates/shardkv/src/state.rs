@@ -348,6 +348,13 @@ impl ShardKvState {
         batch: &mut WriteBatch,
         w: pb::ClientWrite,
     ) -> Result<Outcome, StoreError> {
+        let Ok(op) = pb::WriteOp::try_from(w.op) else {
+            // From a newer client or a corrupt entry: applying it as anything would guess.
+            return Ok(Err(Refusal::Invalid(format!(
+                "unknown write operation {}",
+                w.op
+            ))));
+        };
         self.progress.clock_ms = self.progress.clock_ms.max(w.now_ms);
         let id = w.id.unwrap_or_default();
         if w.key.len() > MAX_KEY_BYTES || w.value.len() > MAX_VALUE_BYTES {
@@ -363,7 +370,6 @@ impl ShardKvState {
         if self.shards[&shard_id].is_duplicate(id.client_id, id.seq) {
             return Ok(Ok(()));
         }
-        let op = pb::WriteOp::try_from(w.op).unwrap_or(pb::WriteOp::Put);
         let (old_len, new_len) = match op {
             pb::WriteOp::Put => {
                 let old = self.store.value_len_through(batch, shard_id, &w.key)?;
@@ -436,6 +442,9 @@ impl ShardKvState {
                 "a migration of the current configuration is unfinished".into(),
             )));
         }
+        if let Some(why) = self.orphans(&next) {
+            return Ok(Err(Refusal::Invalid(why)));
+        }
         if self.config.num == 0 {
             self.num_shards = next.shards.len().max(1);
         } else if next.shards.len() != self.num_shards {
@@ -463,7 +472,8 @@ impl ShardKvState {
                 self.shards.insert(shard, s);
             } else if before == self.gid && after != self.gid {
                 if after == 0 {
-                    // No group owns it any more (the last group left): nobody will pull it.
+                    // No group owns it any more, and it holds nothing (`orphans` refused the
+                    // configuration otherwise): nothing to hand over.
                     batch.remove_shard(shard);
                     self.shards.remove(&shard);
                 } else if let Some(s) = self.shards.get_mut(&shard) {
@@ -475,6 +485,30 @@ impl ShardKvState {
         self.prev = std::mem::replace(&mut self.config, next);
         batch.put_meta(&self.meta());
         Ok(Ok(()))
+    }
+
+    /// Why `next` cannot be applied here: it leaves a shard this group holds, with data,
+    /// without any owner (nobody would pull it, and a group given it later would start it
+    /// empty). The controller never makes such a configuration (it refuses to let the last
+    /// group leave); one from an older controller stops this group at the configuration
+    /// before it, with its data, rather than dropping the data.
+    pub fn orphans(&self, next: &Config) -> Option<String> {
+        let orphaned: Vec<String> = self
+            .shards
+            .iter()
+            .filter(|(id, s)| next.shards.get(**id as usize) == Some(&0) && s.keys > 0)
+            .map(|(id, _)| id.to_string())
+            .collect();
+        (!orphaned.is_empty()).then(|| {
+            format!(
+                "configuration {} leaves shard(s) {} of group {} with no owner; the data is kept \
+                 and the group stays at configuration {} (join a group that can take them)",
+                next.num,
+                orphaned.join(","),
+                self.gid,
+                self.config.num
+            )
+        })
     }
 
     fn apply_insert_chunk(
@@ -1024,6 +1058,38 @@ mod tests {
     }
 
     #[test]
+    fn a_configuration_that_leaves_a_shard_with_data_ownerless_is_refused() {
+        // Defect: a configuration giving a held shard to no group (the last group left)
+        // made the group delete it, data included.
+        let mut s = one_group_owning_everything();
+        step(&mut s, write(1, 1, "k", 1)).unwrap();
+        let held = s.shard_of(b"k");
+        let mut next = Config {
+            num: 2,
+            shards: vec![1; 4],
+            groups: [(1, vec!["a:1".to_string()])].into_iter().collect(),
+        };
+        next.shards[held as usize] = 0;
+        let empty = (0..4).find(|i| *i != held).unwrap();
+        next.shards[empty as usize] = 0;
+        let before = s.snapshot_bytes();
+        let out = step(&mut s, pb::command::Cmd::NextConfig(config_to_pb(&next)));
+        assert!(
+            matches!(out, Err(Refusal::Invalid(ref m)) if m.contains("no owner")),
+            "{out:?}"
+        );
+        assert_eq!(s.config().num, 1);
+        assert_eq!(get(&s, b"k").as_deref(), Some(&b"v"[..]));
+        assert_eq!(s.snapshot_bytes(), before, "the refusal changed the state");
+        // Only empty shards left ownerless: they go.
+        next.shards[held as usize] = 1;
+        step(&mut s, pb::command::Cmd::NextConfig(config_to_pb(&next))).unwrap();
+        assert_eq!(s.config().num, 2);
+        assert!(!s.shards().contains_key(&empty));
+        assert_eq!(get(&s, b"k").as_deref(), Some(&b"v"[..]));
+    }
+
+    #[test]
     fn a_write_to_a_shard_not_owned_or_not_arrived_is_refused_and_changes_nothing() {
         let mut s = ShardKvState::temporary(2).unwrap();
         assert_eq!(step(&mut s, write(1, 1, "k", 1)), Err(Refusal::WrongGroup));
@@ -1034,6 +1100,26 @@ mod tests {
         });
         assert!(matches!(step(&mut s, big), Err(Refusal::Invalid(_))));
         assert_eq!(s.snapshot_bytes(), before);
+        // An operation this version does not know is refused, not applied as a put.
+        let mut t = one_group_owning_everything();
+        let before = t.snapshot_bytes();
+        let unknown = pb::command::Cmd::Write(pb::ClientWrite {
+            key: Bytes::from_static(b"k"),
+            value: Bytes::from_static(b"v"),
+            op: 99,
+            id: Some(pb::RequestId {
+                client_id: 1,
+                seq: 1,
+            }),
+            now_ms: 1,
+        });
+        let out = step(&mut t, unknown);
+        assert!(
+            matches!(out, Err(Refusal::Invalid(ref m)) if m.contains("unknown")),
+            "{out:?}"
+        );
+        assert_eq!(get(&t, b"k"), None);
+        assert_eq!(t.snapshot_bytes(), before);
     }
 
     #[test]
