@@ -50,8 +50,10 @@ pub enum KvError {
     /// server's is not trusted); the message says which. Fix the TLS files.
     #[error("TLS: {0}")]
     Tls(String),
-    /// No answer within the deadline. For a write the outcome is unknown; retrying it with
-    /// the same client is safe (it is applied at most once).
+    /// No answer within the deadline. For a write the outcome is unknown: retry it on the same
+    /// client, before any other write, with the same call and arguments (or
+    /// [`KvClient::retry_unfinished`]); it is sent with its original number and applied at
+    /// most once. Another write first abandons it (see [`KvClient::unfinished`]).
     #[error("timed out after {after:?}{}", .last_error.as_ref().map(|e| format!(" (last error: {e})")).unwrap_or_default())]
     Timeout {
         after: Duration,
@@ -101,11 +103,23 @@ pub fn check_value(value: &[u8]) -> Result<(), KvError> {
     Ok(())
 }
 
-#[derive(Clone, Copy)]
-enum WriteKind {
+/// The kind of a write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriteKind {
     Put,
     Append,
     Delete,
+}
+
+/// A write whose outcome is unknown: it timed out, and may or may not have been applied (see
+/// [`KvClient::unfinished`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnfinishedWrite {
+    pub kind: WriteKind,
+    pub key: Bytes,
+    pub value: Bytes,
+    /// The number it was sent with; a retry reuses it, so the group applies it at most once.
+    seq: u64,
 }
 
 /// A client of a QuorumKV cluster.
@@ -116,6 +130,8 @@ pub struct KvClient {
     client_id: u64,
     seq: u64,
     timeout: Duration,
+    /// The last write, if it timed out: retried with its own number.
+    unfinished: Option<UnfinishedWrite>,
 }
 
 impl KvClient {
@@ -134,6 +150,7 @@ impl KvClient {
             client_id: rand::random(),
             seq: 0,
             timeout: Duration::from_secs(10),
+            unfinished: None,
         })
     }
 
@@ -141,6 +158,28 @@ impl KvClient {
     pub fn with_timeout(mut self, timeout: Duration) -> Self {
         self.timeout = timeout;
         self
+    }
+
+    /// Changes the deadline of the calls made from now on.
+    pub fn set_timeout(&mut self, timeout: Duration) {
+        self.timeout = timeout;
+    }
+
+    /// The write that last timed out, if no write was made since: its outcome is unknown.
+    /// Retrying it ([`KvClient::retry_unfinished`], or the same call with the same arguments)
+    /// sends it again with its original number, so the group applies it at most once, and a
+    /// success then means it is applied. Making any other write first abandons it: it may or
+    /// may not have been applied, and that stays unknown.
+    pub fn unfinished(&self) -> Option<&UnfinishedWrite> {
+        self.unfinished.as_ref()
+    }
+
+    /// Sends the unfinished write again with its original number (`Ok` when there is none).
+    pub async fn retry_unfinished(&mut self) -> Result<(), KvError> {
+        match self.unfinished.clone() {
+            Some(u) => self.write(u.kind, &u.key, &u.value).await,
+            None => Ok(()),
+        }
     }
 
     /// A new client (own id and write numbering) sharing this one's connections and
@@ -153,6 +192,7 @@ impl KvClient {
             client_id: rand::random(),
             seq: 0,
             timeout: self.timeout,
+            unfinished: None,
         }
     }
 
@@ -266,46 +306,64 @@ impl KvClient {
         Ok(reply.found.then_some(reply.value))
     }
 
+    /// One write. The same write as the unfinished one is its retry: same number. Any other
+    /// gets the next number (abandoning an unfinished one).
     async fn write(&mut self, kind: WriteKind, key: &[u8], value: &[u8]) -> Result<(), KvError> {
         check_key(key)?;
         check_value(value)?;
-        self.seq += 1;
+        let seq = match self.unfinished.take() {
+            Some(u) if u.kind == kind && u.key == key && u.value == value => u.seq,
+            _ => {
+                self.seq += 1;
+                self.seq
+            }
+        };
         let id = pb::RequestId {
             client_id: self.client_id,
-            seq: self.seq,
+            seq,
         };
         let key = Bytes::copy_from_slice(key);
         let value = Bytes::copy_from_slice(value);
-        self.route(&key.clone(), |mut c, num| {
-            let (key, value) = (key.clone(), value.clone());
-            async move {
-                match kind {
-                    WriteKind::Put | WriteKind::Append => {
-                        let req = pb::PutRequest {
-                            key,
-                            value,
-                            id: Some(id),
-                            config_num: num,
-                        };
-                        if matches!(kind, WriteKind::Put) {
-                            c.put(req).await
-                        } else {
-                            c.append(req).await
+        let result = self
+            .route(&key.clone(), |mut c, num| {
+                let (key, value) = (key.clone(), value.clone());
+                async move {
+                    match kind {
+                        WriteKind::Put | WriteKind::Append => {
+                            let req = pb::PutRequest {
+                                key,
+                                value,
+                                id: Some(id),
+                                config_num: num,
+                            };
+                            if matches!(kind, WriteKind::Put) {
+                                c.put(req).await
+                            } else {
+                                c.append(req).await
+                            }
+                        }
+                        WriteKind::Delete => {
+                            c.delete(pb::DeleteRequest {
+                                key,
+                                id: Some(id),
+                                config_num: num,
+                            })
+                            .await
                         }
                     }
-                    WriteKind::Delete => {
-                        c.delete(pb::DeleteRequest {
-                            key,
-                            id: Some(id),
-                            config_num: num,
-                        })
-                        .await
-                    }
                 }
-            }
-        })
-        .await
-        .map(|_| ())
+            })
+            .await
+            .map(|_| ());
+        if let Err(KvError::Timeout { .. }) = &result {
+            self.unfinished = Some(UnfinishedWrite {
+                kind,
+                key,
+                value,
+                seq,
+            });
+        }
+        result
     }
 
     /// Sets `key` to `value`.

@@ -535,3 +535,65 @@ fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_retried_after_a_timeout_is_applied_once() {
+    // Defect: every call took a fresh sequence number, so a client that retried a write that
+    // timed out but had in fact been applied applied it twice.
+    let c = Cluster::start(1, Opts::default()).await;
+    let n = c.join(&[1]).await;
+    c.wait_settled(&[1], n).await;
+    let reader = c.client();
+    // Group 1's members on the fault network (gid * 100 + id).
+    let ids: Vec<u64> = (101..=103).collect();
+    for attempt in 0..10 {
+        let key = format!("once-{attempt}");
+        let mut kv = c.client().with_timeout(Duration::from_millis(100));
+        kv.put(key.as_bytes(), b"").await.unwrap();
+        // The leader is cut off for less than an election timeout: the append cannot commit
+        // before the client gives up, and commits once the leader is back.
+        let leader = c.leader(1).unwrap();
+        c.net.isolate(100 + leader, &ids);
+        let r = kv.append(key.as_bytes(), b"x").await;
+        c.net.heal();
+        if !matches!(r, Err(KvError::Timeout { .. })) {
+            continue;
+        }
+        assert!(
+            kv.unfinished().is_some(),
+            "the timed-out write was not kept"
+        );
+        let applied = async {
+            loop {
+                if reader.get(key.as_bytes()).await.unwrap().as_deref() == Some(&b"x"[..]) {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        };
+        if tokio::time::timeout(Duration::from_secs(5), applied)
+            .await
+            .is_err()
+        {
+            continue; // A new leader dropped it: nothing to show on this attempt.
+        }
+        // The caller retries the same write on the same client, as the docs say.
+        kv.set_timeout(Duration::from_secs(10));
+        kv.append(key.as_bytes(), b"x").await.unwrap();
+        assert!(kv.unfinished().is_none());
+        assert_eq!(
+            reader.get(key.as_bytes()).await.unwrap().as_deref(),
+            Some(&b"x"[..]),
+            "the retried append was applied twice"
+        );
+        // A different write abandons nothing that matters here and gets its own number.
+        kv.append(key.as_bytes(), b"y").await.unwrap();
+        assert_eq!(
+            reader.get(key.as_bytes()).await.unwrap().as_deref(),
+            Some(&b"xy"[..])
+        );
+        c.shutdown().await;
+        return;
+    }
+    panic!("no attempt produced a write that timed out and was applied");
+}

@@ -97,6 +97,8 @@ impl FaultNet {
 
 /// Wraps a member's real transport and applies the network's rules to what it sends.
 pub struct FaultyTransport<T: Transport> {
+    /// Added to raft member ids to make the network's ids.
+    base: u64,
     from: u64,
     inner: Arc<T>,
     net: Arc<FaultNet>,
@@ -105,8 +107,22 @@ pub struct FaultyTransport<T: Transport> {
 
 impl<T: Transport> FaultyTransport<T> {
     pub fn new(from: u64, inner: T, net: Arc<FaultNet>, runtime: tokio::runtime::Handle) -> Self {
+        Self::in_group(0, from, inner, net, runtime)
+    }
+
+    /// For member `id` of a group whose members are known to the network as `base + id`
+    /// (several groups on one network: each its own `base`, so that ids stay distinct).
+    /// Rules name members by those network ids, senders and receivers alike.
+    pub fn in_group(
+        base: u64,
+        id: u64,
+        inner: T,
+        net: Arc<FaultNet>,
+        runtime: tokio::runtime::Handle,
+    ) -> Self {
         FaultyTransport {
-            from,
+            base,
+            from: base + id,
             inner: Arc::new(inner),
             net,
             runtime,
@@ -119,7 +135,7 @@ impl<T: Transport> Transport for FaultyTransport<T> {
         let mut now = Vec::new();
         let mut later: BTreeMap<Duration, Vec<Message>> = BTreeMap::new();
         for m in msgs {
-            match self.net.route(self.from, m.to) {
+            match self.net.route(self.from, self.base + m.to) {
                 None => {}
                 Some(d) if d.is_zero() => now.push(m),
                 Some(d) => later.entry(d).or_default().push(m),

@@ -112,14 +112,15 @@ impl Cluster {
         fast(&mut raft, &self.opts);
         let net = self.net.clone();
         // Fault-injection ids are unique across groups: gid * 100 + member id.
-        let from = gid * 100 + id;
+        let base = gid * 100;
         KvMemberOptions {
             raft,
             ctrlers: self.ctrl_addrs.clone(),
             tls: self.pki.node.clone(),
             wrap_transport: Some(Arc::new(move |t| {
-                Arc::new(FaultyTransport::new(
-                    from,
+                Arc::new(FaultyTransport::in_group(
+                    base,
+                    id,
                     t,
                     net.clone(),
                     tokio::runtime::Handle::current(),
