@@ -435,36 +435,61 @@ async fn run_member(
         call,
         probe,
     )
-    .await?;
-    let mut output = outcome.output;
-    if outcome.members_changed {
-        let new_servers = member::addresses_in_id_order(&outcome.after);
-        if new_servers != listed {
-            let num = client
-                .ctrler()
-                .set_servers(gid, new_servers.clone())
-                .await
-                .map_err(|e| {
-                    format!(
-                        "{output}{group}'s members changed, but the controller was not told: {e};                          record them with `shardctrler-client set-servers {gid}={}`",
-                        new_servers.join(",")
-                    )
-                    .replace('\n', "; ")
-                })?;
-            if json {
-                output.push_str(&format!(
-                    "{}\n",
-                    serde_json::json!({ "gid": gid, "servers": new_servers, "config": num })
-                ));
-            } else {
-                output.push_str(&format!(
-                    "controller: {group} servers now {} (configuration {num})\n",
-                    new_servers.join(",")
-                ));
-            }
-        }
-    }
+    .await;
+    // Whatever happened (a change made in part, or by an earlier run that stopped between its
+    // steps), the controller's record of the group is brought in step with its members.
+    let members = match &outcome {
+        Ok(o) => Ok(o.after.clone()),
+        Err(_) => call(AdminCall::Members).await,
+    };
+    let record = match members {
+        Ok(after) => record_servers(client, gid, &after, &group, json).await,
+        Err(e) => Err(format!(
+            "{group}: cannot list the members to check the controller's record: {e}"
+        )),
+    };
+    let mut output = outcome?.output;
+    output.push_str(&record?);
     Ok(output)
+}
+
+/// Records `after`'s members as group `gid`'s servers in the controller when the latest
+/// configuration lists other ones; what it did, as output text.
+async fn record_servers(
+    client: &KvClient,
+    gid: u64,
+    after: &quorumkv_proto::raft::MembersReply,
+    group: &str,
+    json: bool,
+) -> Result<String, String> {
+    let new_servers = member::addresses_in_id_order(after);
+    let config = client.refresh_config().await.map_err(|e| e.to_string())?;
+    if config.groups.get(&gid) == Some(&new_servers) {
+        return Ok(String::new());
+    }
+    let num = client
+        .ctrler()
+        .set_servers(gid, new_servers.clone())
+        .await
+        .map_err(|e| {
+            format!(
+                "{group}'s members are {}, but the controller could not be told: {e}; record them \
+                 with `shardctrler-client set-servers {gid}={}`",
+                new_servers.join(","),
+                new_servers.join(",")
+            )
+        })?;
+    Ok(if json {
+        format!(
+            "{}\n",
+            serde_json::json!({ "gid": gid, "servers": new_servers, "config": num })
+        )
+    } else {
+        format!(
+            "controller: {group} servers now {} (configuration {num})\n",
+            new_servers.join(",")
+        )
+    })
 }
 
 /// How long `member add` waits for the new member to answer before the group is changed.

@@ -308,14 +308,29 @@ impl ProcCluster {
 
     /// [`ProcCluster::run`] with certificate `name` of [`write_certs`].
     pub fn run_as(&self, name: &str, bin: &str, args: &[&str]) -> Output {
-        std::process::Command::new(bin)
-            .arg("--ctrlers")
+        self.client_command(name, bin, args)
+            .output()
+            .expect("run client")
+    }
+
+    /// Starts a client binary in the background (admin certificate), its output piped; the
+    /// caller waits for it (or kills it).
+    pub fn spawn_client(&self, bin: &str, args: &[&str]) -> Child {
+        self.client_command("admin", bin, args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("start client")
+    }
+
+    fn client_command(&self, name: &str, bin: &str, args: &[&str]) -> std::process::Command {
+        let mut c = std::process::Command::new(bin);
+        c.arg("--ctrlers")
             .arg(self.addrs(0, &[1, 2, 3]).join(","))
             .args(tls_args_as(self.dir.path(), name))
             .args(args)
             .env_remove("QKV_JSON")
-            .env_remove("QKV_TIMEOUT")
-            .output()
-            .expect("run client")
+            .env_remove("QKV_TIMEOUT");
+        c
     }
 }

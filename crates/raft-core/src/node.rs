@@ -405,13 +405,18 @@ impl<S: StateMachine> RaftNode<S> {
             .await
     }
 
-    /// Removes member `id` (voter or learner).
+    /// Removes member `id` (voter or learner). A member not in the group (already removed)
+    /// is a no-op success, so a repeated removal succeeds.
     pub async fn remove_member(&self, id: u64) -> Result<ConfState> {
         let s = self.status();
         if !s.voters.contains(&id) && !s.learners.contains(&id) {
-            return Err(RaftError::InvalidArgument(format!(
-                "member {id} is not in the group"
-            )));
+            if !s.voters_outgoing.contains(&id) {
+                return Ok(conf_state_of(&s));
+            }
+            // Removed by a joint change not left yet: done once it is.
+            self.wait_for(self.request_timeout, |s| s.voters_outgoing.is_empty())
+                .await?;
+            return Ok(conf_state_of(&self.status()));
         }
         if s.voters == [id] {
             return Err(RaftError::InvalidArgument(
@@ -441,6 +446,18 @@ impl<S: StateMachine> RaftNode<S> {
         catch_up: Duration,
     ) -> Result<ConfState> {
         let s = self.status();
+        // Already swapped (a retry after the swap, possibly on the new leader, while the
+        // leader that removed itself handed over): done, once the joint change is left.
+        let swapped = s.voters.contains(&new_id)
+            && !s.voters.contains(&old)
+            && s.members.get(&new_id) == Some(&addr);
+        if swapped {
+            if !s.voters_outgoing.is_empty() {
+                self.wait_for(self.request_timeout, |s| s.voters_outgoing.is_empty())
+                    .await?;
+            }
+            return Ok(conf_state_of(&self.status()));
+        }
         if !s.voters.contains(&old) {
             return Err(RaftError::InvalidArgument(format!(
                 "member {old} is not a voter"
@@ -475,5 +492,15 @@ impl<S: StateMachine> RaftNode<S> {
 impl<S: StateMachine> Drop for RaftNode<S> {
     fn drop(&mut self) {
         self.mailbox.shutdown();
+    }
+}
+
+/// The configuration a status shows.
+fn conf_state_of(s: &Status) -> ConfState {
+    ConfState {
+        voters: s.voters.clone(),
+        learners: s.learners.clone(),
+        voters_outgoing: s.voters_outgoing.clone(),
+        ..Default::default()
     }
 }

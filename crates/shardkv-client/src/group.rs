@@ -134,6 +134,7 @@ impl GroupCaller {
             .leaders
             .lock()
             .get(&gid)
+            // Only among the servers asked for (a probe of one member must reach that one).
             .filter(|a| servers.contains(a))
             .cloned()
             .unwrap_or_else(|| servers[0].clone());
@@ -166,13 +167,22 @@ impl GroupCaller {
                 }
                 Err(e) => e,
             };
-            let next_member = |t: &str| {
-                let i = servers.iter().position(|s| s == t).unwrap_or(0);
-                servers[(i + 1) % servers.len()].clone()
+            // After an address not in the list (a hint), start again at the list's head.
+            let next_member = |t: &str| match servers.iter().position(|s| s == t) {
+                Some(i) => servers[(i + 1) % servers.len()].clone(),
+                None => servers[0].clone(),
             };
             match &err.kind {
-                ErrorKind::NotLeader { leader: Some(l) } if servers.contains(l) && *l != target => {
+                // Followed even when the address is not in the list: the list may predate a
+                // membership change (a member replaced), and the leader knows its group.
+                ErrorKind::NotLeader { leader: Some(l) } if *l != target => {
                     target = l.clone();
+                    moves += 1;
+                    if moves.is_multiple_of(servers.len() + 1) {
+                        // Hints going round in circles: a leadership change is under way.
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(BACKOFF_MAX);
+                    }
                 }
                 ErrorKind::NotLeader { .. }
                 | ErrorKind::ShuttingDown
@@ -191,8 +201,13 @@ impl GroupCaller {
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(BACKOFF_MAX);
                 }
-                ErrorKind::WrongGroup
-                | ErrorKind::InvalidArgument
+                ErrorKind::WrongGroup => {
+                    // The remembered leader may have been a member that now serves another
+                    // group: forget it.
+                    self.leaders.lock().remove(&gid);
+                    return Err(err);
+                }
+                ErrorKind::InvalidArgument
                 | ErrorKind::NotFound
                 | ErrorKind::PermissionDenied
                 | ErrorKind::Tls

@@ -122,6 +122,10 @@ pub struct UnfinishedWrite {
     seq: u64,
 }
 
+/// How long a call tries a group's servers before it asks the controller for the group's
+/// servers again.
+const GROUP_ROUND: Duration = Duration::from_secs(2);
+
 /// A client of a QuorumKV cluster.
 pub struct KvClient {
     ctrler: Arc<CtrlerClient>,
@@ -253,11 +257,10 @@ impl KvClient {
                 continue;
             }
             let num = config.num;
-            match self
-                .groups
-                .call(gid, &servers, deadline, |c| f(c, num))
-                .await
-            {
+            // One round of the group's servers at most before the configuration is asked for
+            // again: the servers listed may have changed (a member replaced).
+            let round = deadline.min(Instant::now() + GROUP_ROUND);
+            match self.groups.call(gid, &servers, round, |c| f(c, num)).await {
                 Ok(v) => return Ok(v),
                 Err(RpcError {
                     kind: ErrorKind::WrongGroup,
@@ -284,7 +287,11 @@ impl KvClient {
                     kind: ErrorKind::Tls,
                     message,
                 }) => return Err(KvError::Tls(message)),
-                Err(e) if e.kind.is_retryable() => last = Some(e.message),
+                Err(e) if e.kind.is_retryable() => {
+                    last = Some(e.message);
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    let _ = tokio::time::timeout(left, self.refresh_config()).await;
+                }
                 Err(e) => return Err(KvError::Internal(e.message)),
             }
         }

@@ -187,15 +187,7 @@ impl<S: StateMachine> RaftAdmin for RaftAdminService<S> {
                 "member {old_id} cannot replace itself; use another id for the new member"
             )));
         }
-        let s = self.require_leader()?;
-        let done = s.voters.contains(&new_id)
-            && s.members.get(&new_id) == Some(&new_addr)
-            && !s.voters.contains(&old_id)
-            && !s.learners.contains(&old_id)
-            && s.voters_outgoing.is_empty();
-        if done {
-            return Ok(self.reply());
-        }
+        self.require_leader()?;
         self.node
             .replace_member_within(old_id, new_id, new_addr.clone(), self.catch_up)
             .await?;
