@@ -142,6 +142,9 @@ async fn every_file_an_acknowledgement_depends_on_is_synced_before_it() {
         eprintln!("SKIPPED: strace is not installed");
         return;
     };
+    // Kept for a look when the check fails.
+    let kept = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("durability-trace.txt");
+    let _ = std::fs::write(&kept, &trace);
     let group = root.join("group");
     let r = check(
         &trace,
@@ -152,7 +155,12 @@ async fn every_file_an_acknowledgement_depends_on_is_synced_before_it() {
             store_dirs: &["kv"],
         },
     );
-    assert!(r.violations.is_empty(), "{:#?}", r.violations);
+    assert!(
+        r.violations.is_empty(),
+        "{:#?} (trace: {})",
+        r.violations,
+        kept.display()
+    );
     // Every write of both members (and the group's configuration) was acknowledged.
     assert_eq!(r.acks, 1 + 48 * 6 + 200, "{r:?}");
     assert!(r.store_syncs >= 3 && r.compactions >= 3, "{r:?}");
