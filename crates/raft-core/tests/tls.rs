@@ -24,16 +24,31 @@ async fn channel(addr: &str, tls: ClientTlsConfig) -> Result<Channel, String> {
 
 /// Opens a raft stream to `addr` with `tls` and sends one empty batch; Ok if the member
 /// accepted the connection and the call.
+///
+/// When the member refuses the client's certificate, TLS 1.3 lets the client finish its side
+/// of the handshake first; if the member's alert closes the connection before the request is
+/// written, hyper reports only "connection was not ready" and drops the alert. Like the
+/// clients' own retries, this tries again on a new connection (at most five times) so the
+/// error names the member's reason.
 async fn call(addr: &str, tls: ClientTlsConfig) -> Result<(), String> {
-    let batch = MessageBatch {
-        group_id: 7,
-        messages: vec![],
-    };
-    RaftTransportClient::new(channel(addr, tls).await?)
-        .send(tokio_stream::iter(vec![batch]))
-        .await
-        .map(|_| ())
-        .map_err(|s| format!("call: {s}"))
+    let mut last = String::new();
+    for _ in 0..5 {
+        let batch = MessageBatch {
+            group_id: 7,
+            messages: vec![],
+        };
+        match RaftTransportClient::new(channel(addr, tls.clone()).await?)
+            .send(tokio_stream::iter(vec![batch]))
+            .await
+        {
+            Ok(_) => return Ok(()),
+            Err(s) => last = format!("call: {s}"),
+        }
+        if !last.contains("operation was canceled") {
+            break;
+        }
+    }
+    Err(last)
 }
 
 /// Whether `err` is the member refusing the TLS session. TLS 1.3 checks the client
