@@ -18,7 +18,9 @@ use tokio::sync::watch;
 
 use crate::metrics::KvMetrics;
 use crate::service::{propose, MAX_CHUNK_BYTES};
-use crate::state::{config_to_pb, ShardKvState};
+use crate::state::{
+    config_to_pb, install_command, pull_request, CollectTask, PullTask, ShardKvState,
+};
 
 /// How often the leader polls the controller and drives migrations.
 pub const POLL_INTERVAL: Duration = Duration::from_millis(100);
@@ -56,31 +58,11 @@ pub async fn run(
         let pulls = view
             .pulling
             .into_iter()
-            .map(|(shard, from, servers, cursor)| {
-                pull(
-                    &node,
-                    &groups,
-                    &metrics,
-                    view.config_num,
-                    shard,
-                    from,
-                    servers,
-                    cursor,
-                    deadline,
-                )
-            });
-        let gcs = view.collecting.into_iter().map(|(shard, from, servers)| {
-            collect(
-                &node,
-                &groups,
-                &metrics,
-                view.config_num,
-                shard,
-                from,
-                servers,
-                deadline,
-            )
-        });
+            .map(|task| pull(&node, &groups, &metrics, view.config_num, task, deadline));
+        let gcs = view
+            .collecting
+            .into_iter()
+            .map(|task| collect(&node, &groups, &metrics, view.config_num, task, deadline));
         // Shards move concurrently; each pull is sequential in key order.
         tokio::join!(join_all(pulls), join_all(gcs));
     }
@@ -115,26 +97,24 @@ async fn next_config(
     }
 }
 
-/// Pulls the rest of `shard` from group `from`, chunk by chunk, installing each through the log.
-#[allow(clippy::too_many_arguments)]
+/// Pulls the rest of a shard from its previous owner, chunk by chunk (its keys, then its
+/// sessions), installing each through the log.
 async fn pull(
     node: &RaftNode<ShardKvState>,
     groups: &GroupCaller,
     metrics: &KvMetrics,
     config_num: u64,
-    shard: u64,
-    from: u64,
-    servers: Vec<String>,
-    mut cursor: Option<bytes::Bytes>,
+    task: PullTask,
     deadline: Instant,
 ) {
+    let PullTask {
+        shard,
+        from,
+        servers,
+        mut cursor,
+    } = task;
     while Instant::now() < deadline {
-        let req = pb::PullShardRequest {
-            config_num,
-            shard,
-            after_key: cursor.clone(),
-            max_bytes: MAX_CHUNK_BYTES as u64,
-        };
+        let req = pull_request(config_num, shard, &cursor, MAX_CHUNK_BYTES as u64);
         let reply = match groups
             .call(from, &servers, deadline, |mut c| {
                 let req = req.clone();
@@ -149,44 +129,37 @@ async fn pull(
                 return;
             }
         };
-        let last = reply.entries.last().map(|kv| kv.key.clone());
-        let done = reply.done;
         let keys = reply.entries.len() as u64;
-        let chunk = pb::InsertChunk {
-            config_num,
-            shard,
-            entries: reply.entries,
-            done,
-            sessions: reply.sessions,
-            after_key: cursor.clone(),
-        };
+        let (chunk, next, complete) = install_command(config_num, shard, &cursor, reply);
         if let Err(e) = propose(node, pb::command::Cmd::InsertChunk(chunk)).await {
             tracing::debug!(shard, error = %e, "chunk not installed; will retry");
             return;
         }
         KvMetrics::add(&metrics.chunks_installed, 1);
         KvMetrics::add(&metrics.keys_installed, keys);
-        if done {
+        if complete {
             KvMetrics::add(&metrics.shards_installed, 1);
             tracing::info!(shard, from, config = config_num, "shard installed");
             return;
         }
-        cursor = last.or(cursor);
+        cursor = next;
     }
 }
 
-/// Tells group `from` to delete its copy of `shard`, then marks the shard fully ours.
-#[allow(clippy::too_many_arguments)]
+/// Tells the previous owner to delete its copy of a shard, then marks the shard fully ours.
 async fn collect(
     node: &RaftNode<ShardKvState>,
     groups: &GroupCaller,
     metrics: &KvMetrics,
     config_num: u64,
-    shard: u64,
-    from: u64,
-    servers: Vec<String>,
+    task: CollectTask,
     deadline: Instant,
 ) {
+    let CollectTask {
+        shard,
+        from,
+        servers,
+    } = task;
     let req = pb::DeleteShardRequest { config_num, shard };
     if let Err(e) = groups
         .call(from, &servers, deadline, |mut c| async move {

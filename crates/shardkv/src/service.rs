@@ -21,6 +21,7 @@ use quorumkv_raft_core::{RaftError, RaftNode};
 use tonic::{Request, Response, Status};
 
 use crate::metrics::{KvMetrics, Op};
+use crate::shard::PullCursor;
 
 use crate::state::{decode_outcome, Refusal, ShardKvState};
 use crate::store::StoreError;
@@ -295,29 +296,18 @@ impl KvService {
             return Err(not_leader(&self.node));
         }
         let max = (req.max_bytes as usize).clamp(1, MAX_CHUNK_BYTES);
+        let from = if req.sessions_only {
+            PullCursor::Sessions(req.sessions_after)
+        } else {
+            PullCursor::Keys(req.after_key.clone())
+        };
         let chunk = self
             .node
-            .read(|sm| sm.pull_chunk(req.config_num, req.shard, req.after_key.as_deref(), max))
+            .read(|sm| sm.pull_chunk(req.config_num, req.shard, &from, max))
             .await
             .map_err(Status::from)?
             .map_err(store_status)?
             .map_err(refusal_status)?;
-        Ok(Response::new(pb::PullShardReply {
-            entries: chunk
-                .entries
-                .into_iter()
-                .map(|(key, value)| pb::KeyValue { key, value })
-                .collect(),
-            done: chunk.done,
-            sessions: chunk
-                .sessions
-                .into_iter()
-                .map(|(client_id, s)| pb::Session {
-                    client_id,
-                    seq: s.seq,
-                    last_ms: s.last_ms,
-                })
-                .collect(),
-        }))
+        Ok(Response::new(chunk.into_reply()))
     }
 }

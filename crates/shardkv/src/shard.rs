@@ -18,8 +18,8 @@ pub enum ShardState {
     /// Owned and complete: serves reads and writes.
     Serving,
     /// Owned in the current configuration but still being copied from `from`, the owner in
-    /// the previous configuration; `cursor` is the last key installed. Not served yet.
-    Pulling { from: u64, cursor: Option<Bytes> },
+    /// the previous configuration; `cursor` says how far the copy has come. Not served yet.
+    Pulling { from: u64, cursor: PullCursor },
     /// Owned, complete and served, but `from` has not yet confirmed it deleted its copy.
     Collecting { from: u64 },
     /// No longer owned: frozen (not served) until `to` has installed it, then deleted.
@@ -48,11 +48,7 @@ impl ShardState {
     }
 
     /// The state of kind `kind` with its other group `peer` and, pulling, its `cursor`.
-    pub fn from_kind(
-        kind: ShardStateKind,
-        peer: u64,
-        cursor: Option<Bytes>,
-    ) -> Result<Self, String> {
+    pub fn from_kind(kind: ShardStateKind, peer: u64, cursor: PullCursor) -> Result<Self, String> {
         Ok(match kind {
             ShardStateKind::Serving => ShardState::Serving,
             ShardStateKind::Pulling => ShardState::Pulling { from: peer, cursor },
@@ -68,6 +64,43 @@ impl ShardState {
             ShardState::Serving => 0,
             ShardState::Pulling { from, .. } | ShardState::Collecting { from } => *from,
             ShardState::HandingOff { to } => *to,
+        }
+    }
+}
+
+/// How far a shard being pulled has come: first its keys, in key order, then its
+/// exactly-once sessions, in client id order; each arrives in chunks of bounded size (a shard
+/// of many recent clients has many sessions, and one chunk of them all could outgrow a Raft
+/// command).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PullCursor {
+    /// The keys after this one (all of them when `None`) are still to come.
+    Keys(Option<Bytes>),
+    /// Every key is in; the sessions of clients after this one (all when `None`) are still
+    /// to come.
+    Sessions(Option<u64>),
+}
+
+impl PullCursor {
+    /// The start of a pull.
+    pub fn start() -> Self {
+        PullCursor::Keys(None)
+    }
+
+    /// As stored: (last key, keys done, last session's client).
+    pub fn parts(&self) -> (Option<Bytes>, bool, Option<u64>) {
+        match self {
+            PullCursor::Keys(k) => (k.clone(), false, None),
+            PullCursor::Sessions(c) => (None, true, *c),
+        }
+    }
+
+    /// From the stored parts.
+    pub fn from_parts(key: Option<Bytes>, keys_done: bool, session: Option<u64>) -> Self {
+        if keys_done {
+            PullCursor::Sessions(session)
+        } else {
+            PullCursor::Keys(key)
         }
     }
 }

@@ -16,6 +16,7 @@
 //!   travels with the shard when it moves.
 
 use std::collections::BTreeMap;
+use std::ops::Bound::{Excluded, Unbounded};
 use std::path::Path;
 
 use bytes::Bytes;
@@ -24,7 +25,7 @@ use quorumkv_common::shard_of;
 use quorumkv_proto::shardkv as pb;
 use quorumkv_shardctrler_client::Config;
 
-use crate::shard::{Session, Shard, ShardState};
+use crate::shard::{PullCursor, Session, Shard, ShardState};
 use crate::store::{Progress, Store, StoreError, WriteBatch, REDO_LIMIT_BYTES};
 use quorumkv_raft_core::SmError;
 
@@ -80,18 +81,126 @@ pub struct MigrationView {
     pub config_num: u64,
     /// Every shard is `Serving`: the group may move to the next configuration.
     pub settled: bool,
-    /// (shard, previous owner, its servers, cursor) for shards being pulled.
-    pub pulling: Vec<(u64, u64, Vec<String>, Option<Bytes>)>,
-    /// (shard, previous owner, its servers) for shards whose old copy must be deleted.
-    pub collecting: Vec<(u64, u64, Vec<String>)>,
+    /// Shards being pulled.
+    pub pulling: Vec<PullTask>,
+    /// Shards whose old copy must be deleted.
+    pub collecting: Vec<CollectTask>,
 }
 
-/// One chunk of a shard for its new owner.
+/// A shard to pull from its previous owner.
+#[derive(Debug, Clone)]
+pub struct PullTask {
+    pub shard: u64,
+    /// The previous owner.
+    pub from: u64,
+    /// Its servers (in the previous configuration).
+    pub servers: Vec<String>,
+    /// How far the pull has come.
+    pub cursor: PullCursor,
+}
+
+/// A shard whose previous owner must delete its copy.
+#[derive(Debug, Clone)]
+pub struct CollectTask {
+    pub shard: u64,
+    /// The previous owner.
+    pub from: u64,
+    /// Its servers (in the previous configuration).
+    pub servers: Vec<String>,
+}
+
+/// One chunk of a shard for its new owner: keys (until `done`), then sessions (until
+/// `sessions_done`), together at most about the requested size.
 pub struct Chunk {
     pub entries: Vec<(Bytes, Bytes)>,
+    /// No key remains after the last entry.
     pub done: bool,
     pub sessions: Vec<(u64, Session)>,
+    /// No session remains after the last one: the shard is complete.
+    pub sessions_done: bool,
 }
+
+impl Chunk {
+    /// The reply carrying this chunk to the new owner.
+    pub fn into_reply(self) -> pb::PullShardReply {
+        pb::PullShardReply {
+            entries: self
+                .entries
+                .into_iter()
+                .map(|(key, value)| pb::KeyValue { key, value })
+                .collect(),
+            done: self.done,
+            sessions: self
+                .sessions
+                .into_iter()
+                .map(|(client_id, s)| pb::Session {
+                    client_id,
+                    seq: s.seq,
+                    last_ms: s.last_ms,
+                })
+                .collect(),
+            sessions_done: self.sessions_done,
+        }
+    }
+}
+
+/// The request for the next chunk of a pull at `cursor`.
+pub fn pull_request(
+    config_num: u64,
+    shard: u64,
+    cursor: &PullCursor,
+    max_bytes: u64,
+) -> pb::PullShardRequest {
+    let (after_key, sessions_only, sessions_after) = match cursor {
+        PullCursor::Keys(k) => (k.clone(), false, None),
+        PullCursor::Sessions(c) => (None, true, *c),
+    };
+    pb::PullShardRequest {
+        config_num,
+        shard,
+        after_key,
+        max_bytes,
+        sessions_only,
+        sessions_after,
+    }
+}
+
+/// The command that installs `reply` (the answer to `pull_request(.., cursor, ..)`) on the
+/// new owner, the cursor after it, and whether the shard is then complete. The state
+/// machine's `InsertChunk` makes the same step from the same cursor.
+pub fn install_command(
+    config_num: u64,
+    shard: u64,
+    cursor: &PullCursor,
+    reply: pb::PullShardReply,
+) -> (pb::InsertChunk, PullCursor, bool) {
+    let next = match cursor {
+        PullCursor::Keys(k) if !reply.done => {
+            PullCursor::Keys(reply.entries.last().map(|kv| kv.key.clone()).or(k.clone()))
+        }
+        PullCursor::Keys(_) => PullCursor::Sessions(reply.sessions.last().map(|s| s.client_id)),
+        PullCursor::Sessions(after) => {
+            PullCursor::Sessions(reply.sessions.last().map(|s| s.client_id).or(*after))
+        }
+    };
+    let req = pull_request(config_num, shard, cursor, 0);
+    let complete = reply.sessions_done;
+    let chunk = pb::InsertChunk {
+        config_num,
+        shard,
+        entries: reply.entries,
+        done: reply.done,
+        sessions: reply.sessions,
+        after_key: req.after_key,
+        sessions_only: req.sessions_only,
+        sessions_after: req.sessions_after,
+        sessions_done: reply.sessions_done,
+    };
+    (chunk, next, complete)
+}
+
+/// What a session costs in a chunk's size budget (client id, seq, timestamp, framing).
+const SESSION_BYTES: usize = 32;
 
 /// The replica group's state machine. The keys and values live in the [`Store`]; the
 /// configuration, the shard headers and the sessions are also kept in memory (they are small:
@@ -164,7 +273,8 @@ fn snapshot_state(s: &pb::ShardSnapshot) -> Result<ShardState, String> {
         },
         Ok(k) => k,
     };
-    ShardState::from_kind(kind, s.peer_gid, s.cursor.clone())
+    let cursor = PullCursor::from_parts(s.cursor.clone(), s.keys_done, s.session_cursor);
+    ShardState::from_kind(kind, s.peer_gid, cursor)
 }
 
 /// Entries per batch when a snapshot is loaded into the store.
@@ -464,7 +574,7 @@ impl ShardKvState {
                 } else {
                     ShardState::Pulling {
                         from: before,
-                        cursor: None,
+                        cursor: PullCursor::start(),
                     }
                 };
                 let s = Shard::new(state);
@@ -532,28 +642,42 @@ impl ShardKvState {
             return Ok(Ok(()));
         };
         let from = *from;
-        if cursor.as_deref() != c.after_key.as_deref() {
+        // A chunk is installed only where it continues the shard (duplicates and a stale
+        // leader's chunks are ignored).
+        let continues = match cursor {
+            PullCursor::Keys(k) => !c.sessions_only && k.as_deref() == c.after_key.as_deref(),
+            PullCursor::Sessions(after) => c.sessions_only && *after == c.sessions_after,
+        };
+        if !continues {
             return Ok(Err(Refusal::NotReady(
                 "chunk does not continue the shard".into(),
             )));
         }
-        let mut last = cursor.clone();
-        for kv in c.entries {
-            // Keys arrive in increasing order after the cursor: each one is new here.
-            let old = self.store.value_len_through(batch, c.shard, &kv.key)?;
-            shard.account(kv.key.len(), old, Some(kv.value.len()));
-            batch.put_value(c.shard, &kv.key, &kv.value);
-            last = Some(kv.key);
+        let mut next = cursor.clone();
+        if let PullCursor::Keys(last) = &mut next {
+            for kv in c.entries {
+                // Keys arrive in increasing order after the cursor: each one is new here.
+                let old = self.store.value_len_through(batch, c.shard, &kv.key)?;
+                shard.account(kv.key.len(), old, Some(kv.value.len()));
+                batch.put_value(c.shard, &kv.key, &kv.value);
+                *last = Some(kv.key);
+            }
+            if c.done {
+                next = PullCursor::Sessions(None);
+            }
         }
-        if c.done {
+        if let PullCursor::Sessions(last) = &mut next {
             for s in c.sessions {
                 let session = shard.record(s.client_id, s.seq, s.last_ms);
                 batch.put_session(c.shard, s.client_id, session);
+                *last = Some(s.client_id);
             }
-            shard.state = ShardState::Collecting { from };
-        } else {
-            shard.state = ShardState::Pulling { from, cursor: last };
         }
+        shard.state = if matches!(next, PullCursor::Sessions(_)) && c.sessions_done {
+            ShardState::Collecting { from }
+        } else {
+            ShardState::Pulling { from, cursor: next }
+        };
         batch.put_header(c.shard, shard);
         Ok(Ok(()))
     }
@@ -586,13 +710,13 @@ impl ShardKvState {
         Ok(Ok(()))
     }
 
-    /// A chunk of a shard we are handing off, for its new owner (at most ~`max_bytes` of keys
-    /// and values, at least one entry).
+    /// A chunk of a shard we are handing off, for its new owner continuing at `from`: at
+    /// most ~`max_bytes` of keys and values and then of sessions, at least one item.
     pub fn pull_chunk(
         &self,
         config_num: u64,
         shard: u64,
-        after: Option<&[u8]>,
+        from: &PullCursor,
         max_bytes: usize,
     ) -> Result<Result<Chunk, Refusal>, StoreError> {
         if self.config.num < config_num {
@@ -617,24 +741,42 @@ impl ShardKvState {
         let mut entries = Vec::new();
         let mut size = 0;
         let mut done = true;
-        for kv in self.store.scan(shard, after)? {
-            let (k, v) = kv?;
-            if !entries.is_empty() && size + k.len() + v.len() > max_bytes {
-                done = false;
-                break;
+        let session_after = match from {
+            PullCursor::Keys(after) => {
+                for kv in self.store.scan(shard, after.as_deref())? {
+                    let (k, v) = kv?;
+                    if !entries.is_empty() && size + k.len() + v.len() > max_bytes {
+                        done = false;
+                        break;
+                    }
+                    size += k.len() + v.len();
+                    entries.push((k, v));
+                }
+                None
             }
-            size += k.len() + v.len();
-            entries.push((k, v));
-        }
-        let sessions = if done {
-            s.sessions.iter().map(|(c, s)| (*c, *s)).collect()
-        } else {
-            Vec::new()
+            PullCursor::Sessions(after) => *after,
         };
+        let mut sessions = Vec::new();
+        let mut sessions_done = done;
+        if done {
+            let range = match session_after {
+                Some(c) => s.sessions.range((Excluded(c), Unbounded)),
+                None => s.sessions.range(..),
+            };
+            for (client, sess) in range {
+                if size + SESSION_BYTES > max_bytes && (size > 0) {
+                    sessions_done = false;
+                    break;
+                }
+                size += SESSION_BYTES;
+                sessions.push((*client, *sess));
+            }
+        }
         Ok(Ok(Chunk {
             entries,
             done,
             sessions,
+            sessions_done,
         }))
     }
 
@@ -651,12 +793,20 @@ impl ShardKvState {
                 ShardState::Serving => {}
                 ShardState::Pulling { from, cursor } => {
                     v.settled = false;
-                    v.pulling
-                        .push((*shard, *from, servers(*from), cursor.clone()));
+                    v.pulling.push(PullTask {
+                        shard: *shard,
+                        from: *from,
+                        servers: servers(*from),
+                        cursor: cursor.clone(),
+                    });
                 }
                 ShardState::Collecting { from } => {
                     v.settled = false;
-                    v.collecting.push((*shard, *from, servers(*from)));
+                    v.collecting.push(CollectTask {
+                        shard: *shard,
+                        from: *from,
+                        servers: servers(*from),
+                    });
                 }
                 ShardState::HandingOff { .. } => v.settled = false,
             }
@@ -668,15 +818,18 @@ impl ShardKvState {
     fn meta_snapshot(&self) -> pb::StateSnapshot {
         let mut snap = self.meta();
         for (id, s) in &self.shards {
+            let (cursor, keys_done, session_cursor) = match &s.state {
+                ShardState::Pulling { cursor, .. } => cursor.parts(),
+                _ => (None, false, None),
+            };
             snap.shards.push(pb::ShardSnapshot {
                 shard: *id,
                 state: String::new(),
                 kind: s.state.kind() as i32,
                 peer_gid: s.state.peer_gid(),
-                cursor: match &s.state {
-                    ShardState::Pulling { cursor, .. } => cursor.clone(),
-                    _ => None,
-                },
+                cursor,
+                keys_done,
+                session_cursor,
                 entries: Vec::new(),
                 sessions: s
                     .sessions
@@ -1055,6 +1208,87 @@ mod tests {
         }
         assert_eq!(a.shards(), b.shards(), "replicas disagree after the sweep");
         assert_eq!(a.snapshot_bytes(), b.snapshot_bytes());
+    }
+
+    #[test]
+    fn a_shard_with_many_sessions_moves_in_chunks_of_bounded_size() {
+        // Defect: the last chunk of a migrating shard carried every session of the shard,
+        // uncounted against the chunk size; with tens of thousands of recent clients it
+        // outgrew the command size limit and the shard stayed `pulling` for ever.
+        let mut a = one_group_owning_everything();
+        let moving = a.shard_of(b"k0");
+        let mut clients = 0u64;
+        for i in 0..200_000u64 {
+            let key = format!("k{}", i % 500);
+            if a.shard_of(key.as_bytes()) != moving {
+                continue;
+            }
+            clients += 1;
+            step(&mut a, write(1_000 + i, 1, &key, 5)).unwrap();
+            if clients == 20_000 {
+                break;
+            }
+        }
+        let moved = |num: u64| Config {
+            num,
+            shards: (0..4).map(|s| if s == moving { 2 } else { 1 }).collect(),
+            groups: [(1, vec!["a:1".to_string()]), (2, vec!["b:1".to_string()])]
+                .into_iter()
+                .collect(),
+        };
+        step(
+            &mut a,
+            pb::command::Cmd::NextConfig(config_to_pb(&moved(2))),
+        )
+        .unwrap();
+        let mut b = ShardKvState::temporary(2).unwrap();
+        let first = Config {
+            groups: [(1, vec!["a:1".to_string()])].into_iter().collect(),
+            ..moved(1)
+        };
+        let first = Config {
+            shards: vec![1; 4],
+            ..first
+        };
+        step(&mut b, pb::command::Cmd::NextConfig(config_to_pb(&first))).unwrap();
+        step(
+            &mut b,
+            pb::command::Cmd::NextConfig(config_to_pb(&moved(2))),
+        )
+        .unwrap();
+        let max = 32 * 1024;
+        let mut cursor = PullCursor::start();
+        let mut chunks = 0;
+        loop {
+            let chunk = a.pull_chunk(2, moving, &cursor, max).unwrap().unwrap();
+            let (cmd, next, complete) = install_command(2, moving, &cursor, chunk.into_reply());
+            let cmd = pb::command::Cmd::InsertChunk(cmd);
+            let size = pb::Command {
+                cmd: Some(cmd.clone()),
+            }
+            .encoded_len();
+            assert!(size <= max + 4096, "a chunk of {size} bytes (budget {max})");
+            step(&mut b, cmd).unwrap();
+            chunks += 1;
+            cursor = next;
+            if complete {
+                break;
+            }
+            assert!(chunks < 10_000, "the pull does not end");
+        }
+        assert!(
+            chunks > 10,
+            "{chunks} chunks: the sessions did not need several"
+        );
+        assert_eq!(
+            b.shards()[&moving].state,
+            ShardState::Collecting { from: 1 }
+        );
+        assert_eq!(b.shards()[&moving].sessions, a.shards()[&moving].sessions);
+        assert_eq!(b.shards()[&moving].sessions.len() as u64, clients);
+        let held = a.store.get(moving, b"k0").unwrap();
+        assert!(held.is_some());
+        assert_eq!(b.store.get(moving, b"k0").unwrap(), held);
     }
 
     #[test]

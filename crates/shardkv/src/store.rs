@@ -57,7 +57,7 @@ use parking_lot::Mutex;
 use prost::Message;
 use quorumkv_proto::shardkv as pb;
 
-use crate::shard::{Session, Shard, ShardState};
+use crate::shard::{PullCursor, Session, Shard, ShardState};
 
 /// sled's page cache for one member's store. Data beyond it is read from the OS page cache.
 const CACHE_BYTES: u64 = 128 << 20;
@@ -171,15 +171,18 @@ pub struct Loaded {
 }
 
 fn encode_header(s: &Shard) -> Vec<u8> {
+    let (cursor, keys_done, session_cursor) = match &s.state {
+        ShardState::Pulling { cursor, .. } => cursor.parts(),
+        _ => (None, false, None),
+    };
     pb::ShardHeader {
         state: s.state.kind() as i32,
         peer_gid: s.state.peer_gid(),
         keys: s.keys,
         bytes: s.bytes,
-        cursor: match &s.state {
-            ShardState::Pulling { cursor, .. } => cursor.clone(),
-            _ => None,
-        },
+        cursor,
+        keys_done,
+        session_cursor,
     }
     .encode_to_vec()
 }
@@ -187,7 +190,8 @@ fn encode_header(s: &Shard) -> Vec<u8> {
 fn decode_header(b: &[u8]) -> Result<Shard, StoreError> {
     let h = pb::ShardHeader::decode(b).map_err(|_| corrupt("a shard header"))?;
     let kind = pb::ShardStateKind::try_from(h.state).map_err(|_| corrupt("a shard header"))?;
-    let state = ShardState::from_kind(kind, h.peer_gid, h.cursor).map_err(StoreError::Corrupt)?;
+    let cursor = PullCursor::from_parts(h.cursor, h.keys_done, h.session_cursor);
+    let state = ShardState::from_kind(kind, h.peer_gid, cursor).map_err(StoreError::Corrupt)?;
     Ok(Shard {
         state,
         sessions: BTreeMap::new(),

@@ -490,6 +490,7 @@ async fn limits_deletes_and_exactly_once() {
                 shard: 0,
                 after_key: None,
                 max_bytes: 1024,
+                ..Default::default()
             })
             .await
             .unwrap_err();
