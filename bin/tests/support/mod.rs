@@ -105,6 +105,25 @@ pub fn wait_exit(child: &mut Child, within: Duration) -> std::process::ExitStatu
     }
 }
 
+/// Waits (bounded) for a child with piped output to exit, reading its output meanwhile (so a
+/// full pipe cannot block it); kills it and panics after `within`.
+pub fn wait_output(child: Child, within: Duration) -> Output {
+    let pid = child.id();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    match rx.recv_timeout(within) {
+        Ok(out) => out.expect("wait for the process"),
+        Err(_) => {
+            // SAFETY: kill(2) on our own child, which has not been reaped (its waiter is
+            // still blocked).
+            unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+            panic!("process {pid} did not exit in {within:?}");
+        }
+    }
+}
+
 pub fn stderr_of(child: &mut Child) -> String {
     let mut s = String::new();
     child.stderr.take().unwrap().read_to_string(&mut s).unwrap();
@@ -298,6 +317,33 @@ impl ProcCluster {
         let mut child = self.procs.children[self.slots[&n]].take().unwrap();
         child.kill().unwrap();
         child.wait().unwrap();
+    }
+
+    /// SIGTERM: the graceful stop (leadership handed over, requests drained); waits for the
+    /// process to exit (it must, within its shutdown limit) and asserts it exited cleanly.
+    pub fn stop(&mut self, n: NodeId) {
+        self.signal(n, libc::SIGTERM);
+        let mut child = self.procs.children[self.slots[&n]].take().unwrap();
+        let status = wait_exit(&mut child, Duration::from_secs(20));
+        assert!(status.success(), "{n:?} exited with {status} after SIGTERM");
+    }
+
+    /// Whether node `n` has a running process (started and not killed).
+    pub fn is_running(&self, n: NodeId) -> bool {
+        self.slots
+            .get(&n)
+            .is_some_and(|&slot| self.procs.children[slot].is_some())
+    }
+
+    /// Sends `signal` (`libc::SIGSTOP`, `libc::SIGCONT`...) to node `n`'s process.
+    pub fn signal(&self, n: NodeId, signal: i32) {
+        let pid = self.procs.children[self.slots[&n]]
+            .as_ref()
+            .expect("running node")
+            .id();
+        // SAFETY: kill(2) on a child this cluster started and has not reaped.
+        let rc = unsafe { libc::kill(pid as libc::pid_t, signal) };
+        assert_eq!(rc, 0, "kill({pid}, {signal}) failed");
     }
 
     /// Runs a client binary against the controller, with the cluster's admin certificate (as

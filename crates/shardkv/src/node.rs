@@ -249,6 +249,23 @@ impl KvMember {
         &self.metrics
     }
 
+    /// Stops the member at once, as a crash would, for fault-injection tests: no hand-off of
+    /// leadership, no draining of admitted requests (they fail), the gRPC server and the
+    /// migration task aborted. What is on disk is what every completed Ready made durable;
+    /// unlike a power loss, the page cache survives, so this is a process crash, not a
+    /// machine's.
+    pub async fn crash(mut self) {
+        let _ = self.stop_migration.send(true);
+        self.migrator.abort();
+        self.gate.close();
+        self.server.abort();
+        self.node.shutdown().await;
+        if let Some(admin) = self.admin.take() {
+            admin.shutdown().await;
+        }
+        let _ = (&mut self.server).await;
+    }
+
     /// Stops the member gracefully, within [`SHUTDOWN_LIMIT`]; see the module docs for the
     /// steps. Returns the member that leads afterwards, if leadership was handed over.
     pub async fn shutdown(mut self) -> Option<u64> {

@@ -60,6 +60,12 @@ impl FaultNet {
         }
     }
 
+    /// Cuts messages from `from` to `to` only: a one-way partition (`to` still reaches
+    /// `from`).
+    pub fn cut_one_way(&self, from: u64, to: u64) {
+        self.rules.lock().cut.insert((from, to));
+    }
+
     /// Removes every partition, drop rate and delay.
     pub fn heal(&self) {
         let mut r = self.rules.lock();

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use quorumkv_raft_core::{NodeConfig, Status, Transport};
+use quorumkv_raft_core::{Bootstrap, NodeConfig, Status, Transport};
 use quorumkv_shardctrler::{CtrlerMember, MemberOptions};
 use quorumkv_shardctrler_client::CtrlerClient;
 use quorumkv_shardkv::{KvMember, KvMemberOptions, ShardKvState};
@@ -204,14 +204,78 @@ impl Cluster {
         Ok(())
     }
 
+    /// Stops one member at once, as a crash would (no hand-off, no drain).
+    pub async fn crash_member(&mut self, gid: u64, id: u64) {
+        if let Some(m) = self.groups.get_mut(&gid).unwrap().members.remove(&id) {
+            m.crash().await;
+        }
+    }
+
+    /// The group's current member ids (running or not).
+    pub fn member_ids(&self, gid: u64) -> Vec<u64> {
+        self.groups[&gid].addrs.keys().copied().collect()
+    }
+
+    /// Replaces member `old` of `gid` with a new, empty member, as an operator would: start
+    /// it with `Bootstrap::Join`, have the leader swap the two (learner, caught up, one joint
+    /// change), record the group's new servers with the controller, stop the old member.
+    /// Returns the new member's id, or why the change did not complete (the group's state is
+    /// then whatever Raft made of it; the new member keeps running and is tracked).
+    pub async fn replace_member(&mut self, gid: u64, old: u64) -> Result<u64, String> {
+        let leader = self.wait_leader(gid).await;
+        let new_id = self.groups[&gid].addrs.keys().max().copied().unwrap_or(0) + 1;
+        let listener = ports::reserve();
+        let addr = listener.local_addr().unwrap().to_string();
+        self.groups
+            .get_mut(&gid)
+            .unwrap()
+            .addrs
+            .insert(new_id, addr.clone());
+        let mut opts = self.member_options(gid, new_id);
+        opts.raft.bootstrap = Bootstrap::Join;
+        let m = KvMember::start(opts, ports::to_tokio(listener))
+            .await
+            .map_err(|e| format!("start member {new_id}: {e}"))?;
+        self.groups.get_mut(&gid).unwrap().members.insert(new_id, m);
+        // Each step is resumable: retry on whichever member leads now (a fault just healed
+        // may still be settling), as an operator repeating the command would.
+        let mut leader = leader;
+        let mut attempt = 0;
+        loop {
+            let node = self.groups[&gid].members[&leader].node().clone();
+            match node
+                .replace_member_within(old, new_id, addr.clone(), Duration::from_secs(15))
+                .await
+            {
+                Ok(_) => break,
+                Err(e) if attempt < 3 => {
+                    tracing::warn!(gid, old, new_id, error = %e, "replace: retrying");
+                    attempt += 1;
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    leader = self.wait_leader(gid).await;
+                }
+                Err(e) => return Err(format!("replace {old} with {new_id}: {e}")),
+            }
+        }
+        self.groups.get_mut(&gid).unwrap().addrs.remove(&old);
+        if let Some(m) = self.groups.get_mut(&gid).unwrap().members.remove(&old) {
+            m.shutdown().await;
+        }
+        self.ctrler()
+            .set_servers(gid, self.group_servers(gid))
+            .await
+            .map_err(|e| format!("record the servers of group {gid}: {e}"))?;
+        Ok(new_id)
+    }
+
     pub async fn stop_group(&mut self, gid: u64) {
-        for id in 1..=3 {
+        for id in self.member_ids(gid) {
             self.stop_member(gid, id).await;
         }
     }
 
     pub async fn restart_group(&mut self, gid: u64) {
-        for id in 1..=3 {
+        for id in self.member_ids(gid) {
             self.restart_member(gid, id).await;
         }
     }
@@ -255,6 +319,23 @@ impl Cluster {
     /// Looks at a member's state (local, for assertions).
     pub fn state<T>(&self, gid: u64, id: u64, f: impl FnOnce(&ShardKvState) -> T) -> T {
         self.groups[&gid].members[&id].node().read_local(f)
+    }
+
+    /// Waits (up to [`WAIT`]) until a running member of `gid` leads.
+    pub async fn wait_leader(&self, gid: u64) -> u64 {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if let Some(id) = self.leader(gid) {
+                return id;
+            }
+            assert!(Instant::now() < deadline, "group {gid} has no leader");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// A running member's Raft node.
+    pub fn node(&self, gid: u64, id: u64) -> Arc<quorumkv_raft_core::RaftNode<ShardKvState>> {
+        self.groups[&gid].members[&id].node().clone()
     }
 
     /// The leader of `gid` among its running members.
