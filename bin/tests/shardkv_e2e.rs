@@ -165,6 +165,28 @@ fn cli_and_library_clients_lose_no_acknowledged_write_when_a_leader_is_killed() 
         ),
         "{err}"
     );
+    // `bench --fill` loads every key of the key space once.
+    let fill = ok(&kv(&[
+        "--json",
+        "bench",
+        "--fill",
+        "--keys",
+        "300",
+        "--clients",
+        "8",
+    ]));
+    let fill: serde_json::Value = serde_json::from_str(&fill).unwrap();
+    assert_eq!(fill["succeeded"], 300, "{fill}");
+    assert_eq!(fill["latency_ms"]["put"]["count"], 300, "{fill}");
+    // The values are random bytes: read them as hex (keys too, then).
+    let hex = |s: &str| s.bytes().map(|b| format!("{b:02x}")).collect::<String>();
+    for k in ["bench:00000000", "bench:00000150", "bench:00000299"] {
+        assert_eq!(ok(&kv(&["get", "--hex", &hex(k)])).len(), 201, "{k}");
+    }
+    assert_eq!(
+        one_line_error(&kv(&["get", "bench:00000300"]), 1),
+        "not found"
+    );
     // Bad arguments: exit 2 (clap's convention), nothing sent.
     assert_eq!(kv(&["--hex", "get", "0g"]).status.code(), Some(2));
     assert_eq!(kv(&["get"]).status.code(), Some(2));
@@ -421,6 +443,7 @@ fn binaries_refuse_bad_flags_with_one_line() {
         &["bench", "--clients", "0"][..],
         &["bench", "--read-ratio", "2"],
         &["bench", "--duration", "1", "--ops", "5"],
+        &["bench", "--fill", "--ops", "5"],
         &["--timeout", "0", "get", "k"],
         &["put", "k"],
     ] {

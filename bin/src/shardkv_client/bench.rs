@@ -53,6 +53,12 @@ pub struct BenchArgs {
     /// Run the load this long before measuring (not reported): `5s`, `1m`, or bare seconds.
     #[arg(long, value_name = "DURATION", default_value = "0s", value_parser = parse_duration)]
     warmup: Duration,
+    /// Load data instead of measuring a mix: put every key of `--keys` exactly once, in order
+    /// (shared among the clients), then stop. Loads keys × value-size bytes; the report is
+    /// the load's throughput and latency. Not with --duration, --ops, --warmup or
+    /// --read-ratio.
+    #[arg(long, conflicts_with_all = ["duration", "ops", "read_ratio"])]
+    fill: bool,
     /// Put the same load on an etcd cluster instead, through etcd's KV API (plaintext gRPC;
     /// comma-separated endpoints such as `http://127.0.0.1:2379`): puts are `Put`s and gets
     /// linearizable `Range`s. For side-by-side measurements (scripts/bench-vs-etcd.sh).
@@ -116,6 +122,8 @@ pub struct Plan {
     value_size: usize,
     read_ratio: f64,
     warmup: Duration,
+    /// `--fill`: every key once, in order.
+    fill: bool,
 }
 
 impl BenchArgs {
@@ -127,7 +135,11 @@ impl BenchArgs {
                 self.clients
             ));
         }
+        if self.fill && !self.warmup.is_zero() {
+            return Err("--fill loads every key once: it takes no --warmup".into());
+        }
         let stop = match (self.duration, self.ops) {
+            _ if self.fill => Stop::Ops(self.keys),
             (_, Some(0)) => return Err("--ops must be at least 1".into()),
             (_, Some(n)) => Stop::Ops(n),
             (Some(d), None) if d.is_zero() => return Err("--duration must be positive".into()),
@@ -155,8 +167,9 @@ impl BenchArgs {
             stop,
             keys: self.keys,
             value_size: self.value_size,
-            read_ratio: self.read_ratio,
+            read_ratio: if self.fill { 0.0 } else { self.read_ratio },
             warmup: self.warmup,
+            fill: self.fill,
         })
     }
 }
@@ -356,7 +369,12 @@ impl Report {
         let mut out = String::new();
         let _ = writeln!(
             out,
-            "bench: {} clients, {} keys, {}-byte values, read ratio {}, warm-up {:.1} s",
+            "bench{}: {} clients, {} keys, {}-byte values, read ratio {}, warm-up {:.1} s",
+            if self.plan.fill {
+                " (fill: every key once)"
+            } else {
+                ""
+            },
             self.plan.clients,
             self.plan.keys,
             self.plan.value_size,
@@ -450,17 +468,23 @@ async fn client_loop(
         if end.is_some_and(|e| started >= e) {
             break;
         }
+        let mut index = None;
         if let (Stop::Ops(n), true) = (plan.stop, measured) {
-            if live.started.fetch_add(1, Ordering::Relaxed) >= n {
+            let i = live.started.fetch_add(1, Ordering::Relaxed);
+            if i >= n {
                 break;
             }
+            index = Some(i);
         }
         let op = if rng.gen_bool(plan.read_ratio) {
             Op::Get
         } else {
             Op::Put
         };
-        let k = key(rng.gen_range(0..plan.keys));
+        let k = match index {
+            Some(i) if plan.fill => key(i),
+            _ => key(rng.gen_range(0..plan.keys)),
+        };
         // The library bounds its retries by the same timeout; this bounds the call even if a
         // server stops answering mid-request.
         let call = async {
@@ -664,9 +688,20 @@ mod tests {
             &["--value-size", "2000000"],
             &["--warmup", "-1"],
             &["--duration", "1", "--ops", "3"],
+            &["--fill", "--ops", "3"],
+            &["--fill", "--warmup", "1s"],
+            &["--fill", "--read-ratio", "0.5"],
         ] {
             assert!(plan(bad).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn fill_puts_every_key_once() {
+        let p = plan(&["--fill", "--keys", "1000"]).unwrap();
+        assert!(p.fill);
+        assert!(matches!(p.stop, Stop::Ops(1000)));
+        assert_eq!(p.read_ratio, 0.0);
     }
 
     #[test]
