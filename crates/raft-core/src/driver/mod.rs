@@ -90,6 +90,9 @@ pub(crate) struct Driver<S: StateMachine> {
     job_running: bool,
     /// raft-rs asked for a snapshot to send and none is being written yet.
     snapshot_wanted: bool,
+    /// After this leader removed itself: the voter told to campaign, and the last tick to
+    /// tell it again (see [`Driver::step_down_removed`]).
+    removed_hand_off: Option<(u64, u64)>,
     members: BTreeMap<u64, String>,
     /// The configuration as of `applied`.
     conf_state: ConfState,
@@ -223,6 +226,7 @@ impl<S: StateMachine> Driver<S> {
             worker,
             job_running: false,
             snapshot_wanted: false,
+            removed_hand_off: None,
             members,
             conf_state: base.conf_state.clone(),
             applied: base.index,
@@ -333,6 +337,7 @@ impl<S: StateMachine> Driver<S> {
         self.requests.expire(self.ticks, self.cfg.request_timeout);
         self.reissue_reads();
         self.hand_off_if_removed();
+        self.tell_successor_to_campaign();
     }
 
     /// Everything after taking input: reads, the Ready, compaction, the status, the replies.
@@ -929,7 +934,58 @@ impl<S: StateMachine> Driver<S> {
             index = e.index, "membership changed"
         );
         self.conf_state = cs.clone();
+        if self.is_leader() && !in_config(&self.cfg.id) {
+            self.step_down_removed();
+        }
         Ok(cs)
+    }
+
+    /// This leader just applied a change that removed it from the group. raft-rs 0.7 keeps
+    /// such a leader leading, but its own progress is gone from the tracker, and the next
+    /// commit or persisted entry of its own (`maybe_commit`, `on_persist_entries`) unwraps that
+    /// progress and panics; entries proposed before the change make that likely under load.
+    /// So it steps down at once and tells the most caught-up voter to campaign now (the
+    /// `MsgTimeoutNow` of a leader transfer; should that voter lose, the others elect after
+    /// their election timeout). Its uncommitted entries are the new leader's to commit or
+    /// overwrite; their waiters learn the outcome when the index is applied.
+    fn step_down_removed(&mut self) {
+        let best = self
+            .conf_state
+            .voters
+            .iter()
+            .filter_map(|id| self.raw.raft.prs().get(*id).map(|p| (*id, p.matched)))
+            .max_by_key(|(id, matched)| (*matched, std::cmp::Reverse(*id)))
+            .map(|(id, _)| id);
+        tracing::info!(to = ?best, "removed from the group while leading: stepping down");
+        let term = self.raw.raft.term;
+        self.raw.raft.become_follower(term, raft::INVALID_ID);
+        self.requests
+            .orphaned_after(self.raw.raft.raft_log.committed);
+        if let Some(to) = best {
+            self.removed_hand_off = Some((to, self.ticks + self.cfg.election_tick as u64));
+        }
+    }
+
+    /// Sends the successor chosen by [`Driver::step_down_removed`] what raft-rs's own leader
+    /// transfer would, a `MsgTimeoutNow`, on every tick for an election timeout: raft-rs
+    /// refuses it while the successor has not yet applied the change (a campaign waits for
+    /// committed configuration changes to be applied), and a removed member hears of no new
+    /// leader, so it cannot tell when to stop other than by time. Once the successor campaigns
+    /// at a higher term, the repeats are ignored.
+    fn tell_successor_to_campaign(&mut self) {
+        let Some((to, until)) = self.removed_hand_off else {
+            return;
+        };
+        if self.ticks > until || self.raw.raft.leader_id != raft::INVALID_ID {
+            self.removed_hand_off = None;
+            return;
+        }
+        let mut m = raft::eraftpb::Message::default();
+        m.set_msg_type(MessageType::MsgTimeoutNow);
+        m.from = self.cfg.id;
+        m.to = to;
+        m.term = self.raw.raft.term;
+        self.transport.send(vec![m]);
     }
 
     fn on_read_states(&mut self, states: Vec<ReadState>) {

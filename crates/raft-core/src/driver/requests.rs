@@ -275,6 +275,40 @@ impl Requests {
         }
     }
 
+    /// This member left the group while leading: proposals and changes after `committed`
+    /// will not be applied here (it hears no more of the log), though the next leader may
+    /// still commit them. Their outcome is unknown now, not at their deadline.
+    pub fn orphaned_after(&mut self, committed: u64) {
+        let orphaned: Vec<u64> = self
+            .proposals
+            .range(committed + 1..)
+            .map(|(i, _)| *i)
+            .collect();
+        for i in orphaned {
+            let p = self.proposals.remove(&i).unwrap();
+            self.complete(
+                p.waiter,
+                Err(RaftError::OutcomeUnknown(format!(
+                    "this member was removed from the group while log position {i} of this                      proposal was uncommitted; the new leader may still commit it: retry                      with the same request id"
+                ))),
+            );
+        }
+        let orphaned: Vec<u64> = self
+            .conf_changes
+            .range(committed + 1..)
+            .map(|(i, _)| *i)
+            .collect();
+        for i in orphaned {
+            let p = self.conf_changes.remove(&i).unwrap();
+            self.complete(
+                p.waiter,
+                Err(RaftError::OutcomeUnknown(format!(
+                    "this member was removed from the group before the membership change at                      log position {i} committed; list the members and repeat it if needed"
+                ))),
+            );
+        }
+    }
+
     /// Records the stage timestamps of the proposals at indexes up to `index` that just
     /// reached `stage` (persisted locally, or committed).
     pub fn mark(&mut self, upto: u64, stage: Stage, now: Instant) {

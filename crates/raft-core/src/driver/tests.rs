@@ -810,3 +810,50 @@ fn a_member_restarted_with_its_store_replays_only_the_log_after_it() {
     assert_eq!(sim.applied(3), sim.applied(1));
     assert!(sim.violations().is_empty(), "{:?}", sim.violations());
 }
+
+#[test]
+fn a_leader_that_removes_itself_under_load_steps_down_instead_of_panicking() {
+    // Defect (found by the chaos suite): when the Ready that applied the change removing the
+    // leader also carried new entries of its own, raft-rs 0.7's `on_persist_entries` looked up
+    // the leader's progress, gone with the change, and panicked the driver thread. Which tick
+    // brings the followers' acknowledgements depends on the delay: a proposal is made before
+    // each of them in turn, so one lands in the same Ready as the commit.
+    for wait in 0..=6 {
+        let mut sim = elected();
+        sim.delay = 2;
+        let mut remove = sim.conf_change(1, &[(ConfChangeType::RemoveNode, 1)], &[]);
+        for _ in 0..wait {
+            sim.tick();
+        }
+        let mut write = sim.propose(1, b"under the removal");
+        sim.until(30, "another member leads", |s| {
+            s.leader().is_some_and(|l| l != 1)
+        });
+        assert!(answered(&mut remove).unwrap().is_ok(), "wait {wait}");
+        let leader = sim.leader().unwrap();
+        assert!(!sim.status(1).is_leader());
+        let mut voters = sim.status(leader).voters;
+        voters.sort_unstable();
+        assert_eq!(voters, vec![2, 3]);
+        // The write was committed before member 1 stepped down, or its outcome is unknown
+        // (the new leader may commit it), or, made after the step-down, it was refused: at
+        // once in every case, not at its deadline.
+        sim.until(3, "the write is answered", |_| !write.is_empty());
+        assert!(
+            matches!(
+                answered(&mut write).unwrap(),
+                Ok(_) | Err(RaftError::OutcomeUnknown(_)) | Err(RaftError::NotLeader { .. })
+            ),
+            "wait {wait}"
+        );
+        let mut after = sim.propose(leader, b"after the removal");
+        let other = if leader == 2 { 3 } else { 2 };
+        sim.until(20, "the other voter applies", |s| {
+            s.applied(other)
+                .iter()
+                .any(|(_, c)| c == b"after the removal")
+        });
+        assert!(answered(&mut after).unwrap().is_ok());
+        assert!(sim.violations().is_empty(), "{:?}", sim.violations());
+    }
+}
