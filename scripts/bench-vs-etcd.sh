@@ -162,3 +162,49 @@ failed = sum(stats(s, op, c)[3] for s in ("etcd", "quorumkv") for op, c in point
 print()
 print(f"failed operations: {failed}")
 EOF
+
+# Where a single put's time goes: one more single-client put run against QuorumKV, with the
+# leader's per-stage proposal histograms (/metrics) read before and after it.
+scrape() { for i in 1 2 3; do curl -s "http://127.0.0.1:$((base + 210 + i))/metrics" >"$work/metrics-$1-$i.txt" || true; done; }
+scrape before
+bench quorumkv 1 0 "$duration" >"$work/anatomy.json" || true
+scrape after
+python3 - "$work" <<'EOF2'
+import json, re, sys
+w = sys.argv[1]
+pat = re.compile(r'^quorumkv_raft_proposal_stage_duration_seconds_(sum|count)\{[^}]*stage="(\w+)"[^}]*\}\s+(\S+)')
+def read(path):
+    out = {}
+    for line in open(path):
+        m = pat.match(line)
+        if m:
+            out[(m.group(2), m.group(1))] = out.get((m.group(2), m.group(1)), 0) + float(m.group(3))
+    return out
+best = None
+for i in (1, 2, 3):
+    try:
+        b, a = read(f"{w}/metrics-before-{i}.txt"), read(f"{w}/metrics-after-{i}.txt")
+    except OSError:
+        continue
+    n = a.get(("applied", "count"), 0) - b.get(("applied", "count"), 0)
+    if best is None or n > best[0]:
+        best = (n, i, a, b)
+if not best or best[0] == 0:
+    print("\n(no stage metrics: the leader's /metrics could not be read)")
+    sys.exit(0)
+n, i, a, b = best
+try:
+    p50 = json.load(open(f"{w}/anatomy.json"))["latency_ms"]["put"]["p50"]
+except Exception:
+    p50 = None
+print(f"\nWhere a single-client put's time goes (leader, member {i}: mean of {n:,.0f} proposals; client p50 {p50} ms)")
+print("\n| stage (from the previous one) | mean ms |\n|---|---|")
+total = 0.0
+for stage in ("queued", "persisted", "committed", "applied", "replied"):
+    c = a.get((stage, "count"), 0) - b.get((stage, "count"), 0)
+    s = a.get((stage, "sum"), 0) - b.get((stage, "sum"), 0)
+    mean = 1000 * s / c if c else 0.0
+    total += mean
+    print(f"| {stage} | {mean:.3f} |")
+print(f"| total inside the leader | {total:.3f} |")
+EOF2
