@@ -756,6 +756,17 @@ impl StoreView {
             last: None,
         }
     }
+
+    /// The data keys of one shard at the view's point, in key order (a backup's copy).
+    pub fn shard_entries(&self, shard: u64) -> ViewIter {
+        let range = || prefixed(DATA, shard, &[])..prefixed(DATA, shard + 1, &[]);
+        ViewIter {
+            data: self.tree.range(range()).peekable(),
+            overlay: self.state.overlay.range(range()).peekable(),
+            state: self.state.clone(),
+            last: None,
+        }
+    }
 }
 
 impl Drop for StoreView {
@@ -1007,6 +1018,17 @@ mod tests {
         b.remove_shard(3);
         store.commit(b, progress(2)).unwrap();
         assert_eq!(entries(&view), before);
+        // One shard's keys, as a backup copies them: the view's, and only that shard's.
+        let shard_one: Vec<_> = view.shard_entries(1).map(|r| r.unwrap()).collect();
+        assert_eq!(
+            shard_one,
+            vec![
+                (1, Bytes::from("a"), Bytes::from("1")),
+                (1, Bytes::from("c"), Bytes::from("3"))
+            ]
+        );
+        assert_eq!(view.shard_entries(3).count(), 1, "removed after the view");
+        assert_eq!(view.shard_entries(4).count(), 0);
         // Changes while the view is being read.
         let mut it = view.entries();
         assert_eq!(it.next().unwrap().unwrap().2.as_ref(), b"1");
