@@ -202,6 +202,26 @@ fn a_backup_under_load_restores_into_a_new_cluster_and_damaged_files_are_refused
         std::fs::read_dir(file.parent().unwrap()).unwrap().count(),
         1
     );
+    // In text, the summary is one line on stdout.
+    let second = file.with_file_name("second.qkvb");
+    let text = ok(&a.run(KV_CLIENT, &["backup", "--out", second.to_str().unwrap()]));
+    eprintln!("{text}");
+    assert!(
+        text.starts_with(&format!("backup: {SHARDS} shards, ")),
+        "{text}"
+    );
+    assert!(
+        text.ends_with(&format!(" written to {}\n", second.display())),
+        "{text}"
+    );
+    let err = one_line_error(
+        &a.run(KV_CLIENT, &["backup", "--out", "/no/such/dir/b.qkvb"]),
+        1,
+    );
+    assert!(
+        err.contains("the directory /no/such/dir does not exist"),
+        "{err}"
+    );
 
     // The disaster: the whole first cluster is gone. A new one, on other ports, with one group.
     let backups = tempfile::tempdir().unwrap();
@@ -272,6 +292,7 @@ fn a_backup_under_load_restores_into_a_new_cluster_and_damaged_files_are_refused
 
     // Restoring again is safe: the same keys, the same values.
     let again = ok(&b.run(KV_CLIENT, &["restore", kept.to_str().unwrap()]));
+    eprintln!("{again}");
     assert!(
         again.starts_with(&format!("restored {SHARDS} shards, ")),
         "{again}"
@@ -355,11 +376,50 @@ fn export_shard_is_refused_by_other_groups_and_followers() {
             );
         }
     }
-    // The owner's leader answers; an application's certificate is refused.
+    // The owner's leader answers, also while the shard moves to the other group: a copy
+    // refused by the old owner is asked of the new one.
+    let keys: Vec<String> = (0..2000)
+        .map(|i| format!("moving:{i}"))
+        .filter(|k| quorumkv_common::shard_of(k.as_bytes(), SHARDS) as u64 == shard)
+        .take(40)
+        .collect();
+    rt.block_on(async {
+        let mut w = kv.fork();
+        for k in &keys {
+            w.put(k.as_bytes(), b"v").await.unwrap();
+        }
+    });
+    let mut begins = Vec::new();
+    let (copied, moved) = std::thread::scope(|scope| {
+        let mover = scope.spawn(|| {
+            c.run(
+                CTRL_CLIENT,
+                &["--timeout", "20", "move", &shard.to_string(), "1"],
+            )
+        });
+        let copied = rt.block_on(kv.export_shard(shard, |e| {
+            if let quorumkv_shardkv_client::backup::ExportEvent::Begin { gid, .. } = e {
+                begins.push(gid);
+            }
+            Ok(())
+        }));
+        (copied, mover.join().unwrap())
+    });
+    ok(&moved);
+    let copied = copied.expect("the shard is exported from one of its owners");
+    assert_eq!(copied, keys.len() as u64, "copies from groups {begins:?}");
+    // After the move, from the new owner.
+    let mut from = 0;
     let copied = rt
-        .block_on(kv.export_shard(shard, |_| Ok(())))
-        .expect("group 2 exports its shard");
-    assert_eq!(copied, 0);
+        .block_on(kv.export_shard(shard, |e| {
+            if let quorumkv_shardkv_client::backup::ExportEvent::Begin { gid, .. } = e {
+                from = gid;
+            }
+            Ok(())
+        }))
+        .unwrap();
+    assert_eq!((copied, from), (keys.len() as u64, 1));
+    // An application's certificate is refused.
     let app = GroupCaller::new(tls(&c, "client").load().unwrap());
     let mut member = app.client(&c.addr((2, 1))).unwrap();
     let err = rt

@@ -122,7 +122,8 @@ enum Cmd {
     /// each at its own index). The file also records the controller's latest configuration
     /// and the shard count, carries a format version and a crc32 on every record, and appears
     /// under its name only once complete and fsynced. Progress goes to stderr; the summary to
-    /// stdout (--json: file, shards, keys, bytes, config).
+    /// stdout (--json: file, shards, keys, bytes, config). --timeout is how long one shard's
+    /// copy may go without progress (leader changes and migrations are waited out within it).
     #[command(
         after_help = "Example:\n  shardkv-client backup --out /backups/qkv-$(date +%F).qkvb"
     )]
@@ -134,7 +135,8 @@ enum Cmd {
     /// through the ordinary client path: the target's replica groups must be joined; a key of
     /// the same name is overwritten; keys not in the backup are left alone; the controller's
     /// configuration is not restored (shards go where the target's configuration puts them).
-    /// Running it again is safe. Prints what it restored (shards, keys).
+    /// Running it again is safe. Prints what it restored (shards, keys). --timeout bounds each
+    /// put; an admin or a client certificate will do.
     #[command(after_help = "Example:\n  shardkv-client restore /backups/qkv-2026-12-01.qkvb")]
     Restore(backup::RestoreArgs),
 }

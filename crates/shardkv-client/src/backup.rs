@@ -256,10 +256,17 @@ impl BackupReader {
             totals: pb::BackupEnd::default(),
             ended: false,
         };
-        let header = match r.record()? {
-            Some(pb::backup_record::Record::Header(h)) => h,
-            Some(_) => return Err(damaged("the file does not begin with a backup header")),
-            None => return Err(damaged("the file is empty")),
+        let not_a_backup = |why: &dyn std::fmt::Display| {
+            damaged(format!(
+                "not a QuorumKV backup, or its first record is damaged ({why})"
+            ))
+        };
+        let header = match r.record() {
+            Ok(Some(pb::backup_record::Record::Header(h))) => h,
+            Ok(Some(_)) => return Err(not_a_backup(&"it does not begin with a backup header")),
+            Ok(None) => return Err(damaged("the file is empty")),
+            Err(BackupError::Damaged(why)) => return Err(not_a_backup(&why)),
+            Err(e) => return Err(e),
         };
         if header.format != FORMAT {
             return Err(BackupError::UnsupportedFormat {
@@ -698,6 +705,9 @@ mod tests {
                 "{len} bytes: {err}"
             );
         }
+        std::fs::write(&bad, "a text file, not a backup\n").unwrap();
+        let err = BackupReader::verify(&bad).unwrap_err().to_string();
+        assert!(err.contains("not a QuorumKV backup"), "{err}");
         let mut longer = good.clone();
         longer.push(0);
         std::fs::write(&bad, &longer).unwrap();
