@@ -59,7 +59,11 @@ pub async fn backup(client: &KvClient, args: &BackupArgs, json: bool) -> Outcome
     if out.is_dir() {
         return Err(format!("--out {shown} is a directory; name a file in it"));
     }
-    let config = client.refresh_config().await.map_err(|e| e.to_string())?;
+    let config = client
+        .ctrler()
+        .query(None)
+        .await
+        .map_err(|e| e.to_string())?;
     let num_shards = config.shards.len() as u64;
     if config.groups.is_empty() || config.shards.contains(&0) {
         return Err(format!(
