@@ -12,7 +12,7 @@
 # 4. kubernetes-validate --strict against Kubernetes $K8S_VERSION (bundled schemas, no network):
 #    unknown or misspelled fields are errors. The monitoring.coreos.com kinds (PodMonitor,
 #    PrometheusRule) have no schema there: they are left out of this step explicitly and
-#    checked by step 6;
+#    checked by step 6. The examples in k8s/examples/ (applied as written) are validated too;
 # 5. consistency checks kustomize cannot make: every StatefulSet has Parallel pod management, a
 #    headless Service of its own name with publishNotReadyAddresses, and a PodDisruptionBudget
 #    (unhealthyPodEvictionPolicy AlwaysAllow) selecting exactly its pods; every ConfigMap and
@@ -124,6 +124,17 @@ done
 for f in "${core[@]}"; do
   echo "ok: ${f#"$ROOT"/} ($(grep -c '^kind:' "$f") resources)"
 done
+# The examples (k8s/examples/, e.g. the backup CronJob) are applied as written, not through an
+# overlay, so they are validated as they are (without a renderer they were in the list above).
+if [ -n "$renderer" ] && [ -d "$K8S/examples" ]; then
+  mapfile -t examples < <(find "$K8S/examples" -type f -name '*.yaml' | sort)
+  if [ "${#examples[@]}" -gt 0 ]; then
+    "$VENV/bin/kubernetes-validate" --strict --quiet -k "$K8S_VERSION" "${examples[@]}"
+    for f in "${examples[@]}"; do
+      echo "ok: ${f#"$ROOT"/} ($(grep -c '^kind:' "$f") resources)"
+    done
+  fi
+fi
 
 # --- 5. consistency ----------------------------------------------------------------------------
 if [ -n "$renderer" ]; then

@@ -13,6 +13,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "shardkv.proto",
         "etcd.proto",
         "admin.proto",
+        "backup.proto",
     ]
     .map(|f| root.join(f));
     for f in &files {

@@ -318,7 +318,7 @@ impl Report {
 }
 
 /// `9812` → `9,812`.
-fn thousands(n: usize) -> String {
+pub(crate) fn thousands(n: usize) -> String {
     let digits = n.to_string();
     let mut out = String::new();
     for (i, c) in digits.chars().enumerate() {

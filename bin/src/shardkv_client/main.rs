@@ -1,11 +1,12 @@
 //! `shardkv-client`: a QuorumKV cluster from the command line (put, get, append, delete,
-//! status, bench, check, and `member` for a replica group's membership), on top of the
-//! `quorumkv-shardkv-client` library.
+//! status, bench, check, backup, restore, and `member` for a replica group's membership), on
+//! top of the `quorumkv-shardkv-client` library.
 //!
 //! Exit status: 0 on success; 2 for bad arguments (as clap); 1 when a request fails (or `get`
 //! finds no such key, or `bench` had no successful operation). Errors are one line on stderr.
 //! `check` exits 1 when the history is not linearizable and 2 when it could not run at all.
 
+mod backup;
 mod bench;
 mod check;
 mod etcd;
@@ -38,11 +39,14 @@ Examples:
   shardkv-client member --gid 1 remove 1    (then stop member 1's server)
   shardkv-client member --gid 1 replace 2 5=kv5:7000
   shardkv-client member --gid 1 transfer 3
+  shardkv-client backup --out /backups/qkv-$(date +%F).qkvb   (admin certificate)
+  shardkv-client restore /backups/qkv-2026-12-01.qkvb         (into a cluster with the same shard count)
 
 Exit status: 0 on success, 2 for bad arguments, 1 when the request fails (the reason is printed
 on one line), when `get` finds no such key (`not found` on stderr), or when `bench` completed no
 operation successfully. `check`: 0 when the history is linearizable, 1 when it is not, 2 when it
-could not run.";
+could not run. `backup`/`restore`: 0 when complete, 1 otherwise (a damaged or mismatched file is
+refused before anything is restored).";
 
 /// Command-line client of a QuorumKV cluster.
 #[derive(Debug, Parser)]
@@ -111,6 +115,30 @@ enum Cmd {
         #[command(subcommand)]
         cmd: MemberCmd,
     },
+    /// Back up every shard to one file, while the cluster serves (needs an admin
+    /// certificate). Each shard is copied by the leader of its owning group at one log index,
+    /// after a ReadIndex: every write acknowledged before the backup began is in the file;
+    /// writes made while it runs may or may not be (shards are copied one after the other,
+    /// each at its own index). The file also records the controller's latest configuration
+    /// and the shard count, carries a format version and a crc32 on every record, and appears
+    /// under its name only once complete and fsynced. Progress goes to stderr; the summary to
+    /// stdout (--json: file, shards, keys, bytes, config). --timeout is how long one shard's
+    /// copy may go without progress (leader changes and migrations are waited out within it).
+    #[command(
+        after_help = "Example:\n  shardkv-client backup --out /backups/qkv-$(date +%F).qkvb"
+    )]
+    Backup(backup::BackupArgs),
+    /// Restore a backup into a cluster with the same number of shards (a new one, or one
+    /// after a disaster; its addresses may differ). The whole file is checked first: a
+    /// damaged file (bad checksum, truncated, another format version) or one of another shard
+    /// count is refused with exit status 1 and nothing is written. Then every key is put
+    /// through the ordinary client path: the target's replica groups must be joined; a key of
+    /// the same name is overwritten; keys not in the backup are left alone; the controller's
+    /// configuration is not restored (shards go where the target's configuration puts them).
+    /// Running it again is safe. Prints what it restored (shards, keys). --timeout bounds each
+    /// put; an admin or a client certificate will do.
+    #[command(after_help = "Example:\n  shardkv-client restore /backups/qkv-2026-12-01.qkvb")]
+    Restore(backup::RestoreArgs),
 }
 
 /// Where a `put`/`append` value comes from: exactly one of the argument and --value-file.
@@ -203,7 +231,12 @@ impl Request {
             Cmd::Get { key: k } => Request::Get(key(k)?),
             Cmd::Append { key: k, value: v } => Request::Append(key(k)?, v.read(hex)?),
             Cmd::Delete { key: k } => Request::Delete(key(k)?),
-            Cmd::Status | Cmd::Bench(_) | Cmd::Check(_) | Cmd::Member { .. } => return Ok(None),
+            Cmd::Status
+            | Cmd::Bench(_)
+            | Cmd::Check(_)
+            | Cmd::Member { .. }
+            | Cmd::Backup(_)
+            | Cmd::Restore(_) => return Ok(None),
         }))
     }
 }
@@ -293,7 +326,8 @@ fn main() -> ExitCode {
     };
     // The bench and the check drive many clients at once; the one-shot commands need a single
     // thread.
-    let runtime = if bench.is_some() || check.is_some() {
+    let many = matches!(cli.cmd, Cmd::Backup(_) | Cmd::Restore(_));
+    let runtime = if bench.is_some() || check.is_some() || many {
         tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()
@@ -336,6 +370,20 @@ fn main() -> ExitCode {
                 0 => Ok(()),
                 code => Err(Failure::Status(code)),
             };
+        }
+        if let Cmd::Backup(args) = &cli.cmd {
+            let summary = backup::backup(&client, args, cli.common.json)
+                .await
+                .map_err(Failure::Error)?;
+            emit(&summary);
+            return Ok(());
+        }
+        if let Cmd::Restore(args) = &cli.cmd {
+            let summary = backup::restore(&client, args, cli.common.json)
+                .await
+                .map_err(Failure::Error)?;
+            emit(&summary);
+            return Ok(());
         }
         if let Cmd::Member { gid, cmd } = cli.cmd {
             let output = run_member(

@@ -10,7 +10,7 @@
 //! |----------|---------------------------------|----------|
 //! | `node`   | every server                    | the Raft transport, `PullShard`/`DeleteShard` (group to group), and the reads: controller `Query`/`Status`, group `Status`, `RaftAdmin.Members` |
 //! | `client` | applications                    | `Get`/`Put`/`Append`/`Delete`, and the reads above |
-//! | `admin`  | operators, the join Job         | everything a client may, plus `Join`/`Leave`/`Move`/`SetServers` and the `RaftAdmin` membership changes |
+//! | `admin`  | operators, the join Job         | everything a client may, plus `Join`/`Leave`/`Move`/`SetServers`, the `RaftAdmin` membership changes and `ExportShard` (backups) |
 //!
 //! Admin implies client (an operator's shell uses one certificate for everything), and
 //! neither implies node: only servers speak Raft or move shards. A certificate with no role
@@ -179,6 +179,8 @@ pub const RULES: &[(&str, &str, Allowed)] = &[
     ("quorumkv.shardkv.ShardKv", "Status", READ),
     ("quorumkv.shardkv.ShardKv", "PullShard", NODE),
     ("quorumkv.shardkv.ShardKv", "DeleteShard", NODE),
+    // A backup copies whole shards: the operator's, not an application's.
+    ("quorumkv.shardkv.ShardKv", "ExportShard", ADMIN),
     // A member's readiness, Raft state and metrics, gathered by the dashboard.
     ("quorumkv.admin.AdminView", "Member", READ),
 ];
@@ -372,6 +374,10 @@ mod tests {
         assert!(ok(query, &client) && ok(query, &admin) && ok(query, &node));
         let pull = "/quorumkv.shardkv.ShardKv/PullShard";
         assert!(ok(pull, &node) && !ok(pull, &admin) && !ok(pull, &client));
+        // A backup reads every key of a shard: operators only.
+        let export = "/quorumkv.shardkv.ShardKv/ExportShard";
+        assert!(ok(export, &admin));
+        assert!(!ok(export, &client) && !ok(export, &node) && !ok(export, &legacy));
 
         let refusal = check(put, Some(node.as_slice())).unwrap_err();
         assert_eq!(refusal.code(), tonic::Code::PermissionDenied);

@@ -38,3 +38,9 @@ pub mod etcd {
 pub mod admin {
     tonic::include_proto!("quorumkv.admin");
 }
+
+/// The file of `shardkv-client backup` / `restore`: versioned, checksummed records
+/// (`proto/backup.proto`).
+pub mod backup {
+    tonic::include_proto!("quorumkv.backup");
+}

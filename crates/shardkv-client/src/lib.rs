@@ -14,8 +14,10 @@
 //! connections and configuration cache).
 //!
 //! [`GroupCaller`] is the lower layer (channels, leader memory, retry loop) that servers also
-//! use to call other groups.
+//! use to call other groups. [`backup`] copies shards out of a live cluster (an operator's
+//! call) and reads and writes the backup file.
 
+pub mod backup;
 mod group;
 
 use std::sync::Arc;

@@ -76,6 +76,13 @@ impl ShardKv for Stub {
     ) -> Result<Response<pb::DeleteShardReply>, Status> {
         unused()
     }
+    type ExportShardStream = tonic::codegen::BoxStream<pb::ExportShardChunk>;
+    async fn export_shard(
+        &self,
+        _: Request<pb::ExportShardRequest>,
+    ) -> Result<Response<Self::ExportShardStream>, Status> {
+        unused()
+    }
 }
 
 async fn serve(pki: &TestPki, stub: Stub) -> String {

@@ -13,7 +13,9 @@
 //!   and its last log index there as one unit, so a restart re-applies only the log after it.
 //! - [`service::KvService`] is the gRPC edge: `Get` is a linearizable read through ReadIndex
 //!   (no log write); `Put`/`Append`/`Delete` are proposed through Raft; `PullShard` and
-//!   `DeleteShard` serve other groups.
+//!   `DeleteShard` serve other groups; `ExportShard` streams an operator's backup of one shard
+//!   from a point-in-time store view taken after a ReadIndex
+//!   ([`state::ShardKvState::export_shard`]).
 //! - [`migrate`] is the leader's background task: it polls the controller every 100 ms and
 //!   proposes configurations strictly one at a time, pulls incoming shards from their previous
 //!   owners in bounded chunks (each installed through the log), then has the previous owner

@@ -274,6 +274,16 @@ impl ShardKv for KvService {
         self.admitted(self.serve_pull(req)).await
     }
 
+    type ExportShardStream = tonic::codegen::BoxStream<pb::ExportShardChunk>;
+
+    async fn export_shard(
+        &self,
+        req: Request<pb::ExportShardRequest>,
+    ) -> Result<Response<Self::ExportShardStream>, Status> {
+        let req = req.into_inner();
+        self.admitted(self.serve_export(req)).await
+    }
+
     async fn delete_shard(
         &self,
         req: Request<pb::DeleteShardRequest>,
@@ -313,6 +323,74 @@ impl KvService {
             .map_err(store_status)?
             .map_err(refusal_status)?;
         Ok(Response::new(chunk.into_reply()))
+    }
+
+    /// `ExportShard`: ReadIndex, then a point-in-time view of the shard taken under the state
+    /// machine's read lock (no command applies in between, so the view holds the log up to
+    /// the applied index it reports), streamed from a blocking thread in chunks of at most
+    /// `max_bytes`. The view, and the pre-images it makes writes keep, live until the stream
+    /// ends or the client goes away.
+    async fn serve_export(
+        &self,
+        req: pb::ExportShardRequest,
+    ) -> Result<Response<tonic::codegen::BoxStream<pb::ExportShardChunk>>, Status> {
+        if !self.node.status().is_leader() {
+            return Err(not_leader(&self.node));
+        }
+        let max = (req.max_bytes as usize).clamp(1, MAX_CHUNK_BYTES * 2);
+        let export = self
+            .node
+            .read(|sm| sm.export_shard(req.shard))
+            .await
+            .map_err(Status::from)?
+            .map_err(store_status)?
+            .map_err(refusal_status)?;
+        tracing::info!(
+            shard = export.shard,
+            log_index = export.log_index,
+            config = export.config_num,
+            "exporting a shard for a backup"
+        );
+        // Two chunks in flight at most: memory stays bounded by the chunk size.
+        let (tx, rx) = tokio::sync::mpsc::channel(2);
+        tokio::task::spawn_blocking(move || {
+            let chunk = |entries, done, keys| pb::ExportShardChunk {
+                gid: export.gid,
+                config_num: export.config_num,
+                log_index: export.log_index,
+                entries,
+                done,
+                keys,
+            };
+            let mut entries = Vec::new();
+            let mut size = 0;
+            let mut keys = 0u64;
+            for kv in export.entries() {
+                let (key, value) = match kv {
+                    Ok(kv) => kv,
+                    Err(e) => {
+                        // A store failure, or a snapshot installed under the view: the copy
+                        // is cut off here and the client starts it again.
+                        let _ = tx.blocking_send(Err(store_status(e)));
+                        return;
+                    }
+                };
+                let len = key.len() + value.len();
+                if !entries.is_empty() && size + len > max {
+                    let full = std::mem::take(&mut entries);
+                    if tx.blocking_send(Ok(chunk(full, false, 0))).is_err() {
+                        return; // the client went away
+                    }
+                    size = 0;
+                }
+                size += len;
+                keys += 1;
+                entries.push(pb::KeyValue { key, value });
+            }
+            let _ = tx.blocking_send(Ok(chunk(entries, true, keys)));
+        });
+        let stream = tokio_stream::wrappers::ReceiverStream::new(rx);
+        Ok(Response::new(Box::pin(stream)))
     }
 }
 

@@ -167,6 +167,15 @@ impl ShardKv for StaleReadsService {
     ) -> Result<Response<pb::DeleteShardReply>, Status> {
         self.inner.delete_shard(req).await
     }
+
+    type ExportShardStream = tonic::codegen::BoxStream<pb::ExportShardChunk>;
+
+    async fn export_shard(
+        &self,
+        req: Request<pb::ExportShardRequest>,
+    ) -> Result<Response<Self::ExportShardStream>, Status> {
+        self.inner.export_shard(req).await
+    }
 }
 
 /// A Raft transport that delivers what a leader sends to its read follower (appends,

@@ -780,6 +780,29 @@ impl ShardKvState {
         }))
     }
 
+    /// A point-in-time copy of `shard` for a backup: refused unless this group owns the shard
+    /// in its configuration and holds all of it. The caller makes it linearizable with
+    /// ReadIndex first; the copy then reflects the log up to [`ShardExport::log_index`].
+    pub fn export_shard(&self, shard: u64) -> Result<Result<ShardExport, Refusal>, StoreError> {
+        if shard >= self.num_shards as u64 {
+            return Ok(Err(Refusal::Invalid(format!(
+                "shard {shard} does not exist: the cluster has {} shards (0 to {})",
+                self.num_shards,
+                self.num_shards.saturating_sub(1)
+            ))));
+        }
+        if let Err(r) = self.check_serving(shard) {
+            return Ok(Err(r));
+        }
+        Ok(Ok(ShardExport {
+            shard,
+            gid: self.gid,
+            config_num: self.config.num,
+            log_index: self.progress.applied,
+            view: self.store.shard_view(shard)?,
+        }))
+    }
+
     /// What the migration task has to do next.
     pub fn migration_view(&self) -> MigrationView {
         let servers = |gid: u64| self.prev.groups.get(&gid).cloned().unwrap_or_default();
@@ -1008,6 +1031,26 @@ fn decode_part(b: &[u8]) -> Result<pb::snapshot_part::Part, String> {
             .part
             .ok_or_else(|| "an empty snapshot piece".to_string()),
         _ => Err("a snapshot piece of an unknown format".into()),
+    }
+}
+
+/// One shard as it was at one log index (see [`ShardKvState::export_shard`]); read it on any
+/// thread while commands keep applying. Its store view covers this shard only, so writes to
+/// other shards cost nothing extra meanwhile. Dropping it closes the view.
+pub struct ShardExport {
+    pub shard: u64,
+    pub gid: u64,
+    /// The configuration the group had reached.
+    pub config_num: u64,
+    /// The log index the copy reflects.
+    pub log_index: u64,
+    view: crate::store::StoreView,
+}
+
+impl ShardExport {
+    /// The shard's keys and values at [`ShardExport::log_index`], in key order.
+    pub fn entries(&self) -> impl Iterator<Item = Result<(Bytes, Bytes), StoreError>> {
+        self.view.entries().map(|r| r.map(|(_, k, v)| (k, v)))
     }
 }
 
@@ -1321,6 +1364,37 @@ mod tests {
         assert_eq!(s.config().num, 2);
         assert!(!s.shards().contains_key(&empty));
         assert_eq!(get(&s, b"k").as_deref(), Some(&b"v"[..]));
+    }
+
+    #[test]
+    fn a_shard_export_is_the_shard_at_one_index_and_only_from_its_owner() {
+        let mut s = one_group_owning_everything();
+        for (seq, key) in ["a", "b", "c", "d", "e", "f"].into_iter().enumerate() {
+            step(&mut s, write(1, seq as u64 + 1, key, 1)).unwrap();
+        }
+        let shard = s.shard_of(b"a");
+        let export = s.export_shard(shard).unwrap().unwrap();
+        assert_eq!(export.log_index, s.applied_index());
+        assert_eq!((export.gid, export.config_num), (1, 1));
+        let keys =
+            |e: &ShardExport| -> Vec<(Bytes, Bytes)> { e.entries().map(|r| r.unwrap()).collect() };
+        let before = keys(&export);
+        assert!(before.iter().any(|(k, _)| k.as_ref() == b"a"));
+        assert!(before.iter().all(|(k, _)| s.shard_of(k) == shard));
+        // Writes after the export do not reach it.
+        step(&mut s, write(2, 1, "a", 2)).unwrap();
+        step(&mut s, write(2, 2, "a-new-key-0", 2)).unwrap();
+        assert_eq!(keys(&export), before);
+        // Only the owner exports; a shard out of range is a bad request.
+        let other = ShardKvState::temporary(2).unwrap();
+        assert!(matches!(
+            other.export_shard(0).unwrap(),
+            Err(Refusal::WrongGroup)
+        ));
+        assert!(matches!(
+            s.export_shard(4).unwrap(),
+            Err(Refusal::Invalid(m)) if m.contains("does not exist")
+        ));
     }
 
     #[test]

@@ -40,9 +40,10 @@
 //!
 //! # Point-in-time views
 //! A snapshot for a member that fell behind is read on another thread while commands keep
-//! applying ([`Store::view`]). sled has no snapshots of its own, so while a view is open,
-//! every write of a key saves the key's previous value (its pre-image) in the view's overlay
-//! tree first, once per key; the view reads the data range merged with its overlay, and an
+//! applying ([`Store::view`]), and so is a backup's copy of one shard ([`Store::shard_view`]).
+//! sled has no snapshots of its own, so while a view is open, every write of a key the view
+//! covers saves the key's previous value (its pre-image) in the view's overlay tree first,
+//! once per key; the view reads the data range merged with its overlay, and an
 //! overlay entry, where there is one, is the value at the view's point. The overlay lives in
 //! sled too (on disk), so memory stays bounded whatever a snapshot's size.
 
@@ -362,6 +363,15 @@ struct ViewState {
     overlay: sled::Tree,
     /// Set when the store is cleared (a snapshot restore) under the view.
     invalidated: AtomicBool,
+    /// The data keys the view shows, `[from, to)`: every shard, or one (a backup's copy).
+    /// Writes outside it keep no pre-image for this view.
+    range: (Vec<u8>, Vec<u8>),
+}
+
+impl ViewState {
+    fn covers(&self, key: &[u8]) -> bool {
+        self.range.0.as_slice() <= key && key < self.range.1.as_slice()
+    }
 }
 
 /// The store's open views, shared with the views themselves (which remove themselves when
@@ -489,7 +499,7 @@ impl Store {
             }
             let mut old: Option<Option<sled::IVec>> = None;
             for v in views.iter() {
-                if v.overlay.contains_key(key)? {
+                if !v.covers(key) || v.overlay.contains_key(key)? {
                     continue;
                 }
                 let pre = match &old {
@@ -709,6 +719,16 @@ impl Store {
     /// A point-in-time view of every shard's keys and values as they are now (see the module
     /// docs). Cheap to open; read it on any thread.
     pub fn view(&self) -> Result<StoreView, StoreError> {
+        self.view_of(vec![DATA], vec![DATA + 1])
+    }
+
+    /// A point-in-time view of one shard's keys and values (a backup's copy): writes to other
+    /// shards keep no pre-images for it.
+    pub fn shard_view(&self, shard: u64) -> Result<StoreView, StoreError> {
+        self.view_of(prefixed(DATA, shard, &[]), prefixed(DATA, shard + 1, &[]))
+    }
+
+    fn view_of(&self, from: Vec<u8>, to: Vec<u8>) -> Result<StoreView, StoreError> {
         let db = self.db()?.clone();
         let id = self.views.next_id.fetch_add(1, Ordering::Relaxed);
         let name = format!("view-{id}");
@@ -716,6 +736,7 @@ impl Store {
         let state = Arc::new(ViewState {
             overlay,
             invalidated: AtomicBool::new(false),
+            range: (from, to),
         });
         self.views.open.lock().push(state.clone());
         Ok(StoreView {
@@ -747,10 +768,12 @@ pub struct StoreView {
 }
 
 impl StoreView {
-    /// Every data key at the view's point, in key order: `(shard, key, value)`.
+    /// Every data key of the view (every shard, or its one shard) at the view's point, in key
+    /// order: `(shard, key, value)`.
     pub fn entries(&self) -> ViewIter {
+        let (from, to) = &self.state.range;
         ViewIter {
-            data: self.tree.range(vec![DATA]..vec![DATA + 1]).peekable(),
+            data: self.tree.range(from.clone()..to.clone()).peekable(),
             overlay: self.state.overlay.iter().peekable(),
             state: self.state.clone(),
             last: None,
@@ -982,6 +1005,33 @@ mod tests {
                 )
             })
             .collect()
+    }
+
+    #[test]
+    fn a_shard_view_shows_its_shard_at_its_point_and_keeps_no_other_pre_images() {
+        let store = Store::temporary().unwrap();
+        let mut b = WriteBatch::default();
+        for (s, k, v) in [(1, "a", "1"), (2, "a", "2"), (2, "b", "3"), (3, "c", "4")] {
+            b.put_value(s, k.as_bytes(), v.as_bytes());
+        }
+        store.commit(b, progress(1)).unwrap();
+        let view = store.shard_view(2).unwrap();
+        let mut b = WriteBatch::default();
+        b.put_value(2, b"a", b"changed");
+        b.remove_value(2, b"b");
+        b.put_value(2, b"c", b"new");
+        b.put_value(1, b"a", b"other shard");
+        b.remove_shard(3);
+        store.commit(b, progress(2)).unwrap();
+        assert_eq!(
+            entries(&view),
+            vec![
+                (2, "a".to_string(), "2".to_string()),
+                (2, "b".into(), "3".into())
+            ]
+        );
+        // Only shard 2's three changed keys were copied for the view.
+        assert_eq!(view.state.overlay.len(), 3);
     }
 
     #[test]
