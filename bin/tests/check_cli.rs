@@ -145,7 +145,14 @@ fn check_passes_a_healthy_group_and_catches_stale_reads() {
     let text = check(&c, &["--keys", "20"]);
     assert_eq!(text.status.code(), Some(1), "{text:?}");
     let text = String::from_utf8_lossy(&text.stdout);
-    assert!(text.contains("\nNOT linearizable: 20 keys, "), "{text}");
+    // The keys that saw operations (on a loaded machine a few of the 20 may see none).
+    let keys: usize = text
+        .split("\nNOT linearizable: ")
+        .nth(1)
+        .and_then(|t| t.split(" key").next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no verdict line: {text}"));
+    assert!((1..=20).contains(&keys), "{text}");
     assert!(
         text.contains("the smallest history that shows it"),
         "{text}"

@@ -549,8 +549,11 @@ async fn a_write_retried_after_a_timeout_is_applied_once() {
     let ids: Vec<u64> = (101..=103).collect();
     for attempt in 0..10 {
         let key = format!("once-{attempt}");
-        let mut kv = c.client().with_timeout(Duration::from_millis(100));
+        // The first put (configuration lookup included) may take its time on a loaded
+        // machine; only the append must time out.
+        let mut kv = c.client();
         kv.put(key.as_bytes(), b"").await.unwrap();
+        kv.set_timeout(Duration::from_millis(100));
         // The leader is cut off for less than an election timeout: the append cannot commit
         // before the client gives up, and commits once the leader is back.
         let leader = c.leader(1).unwrap();
