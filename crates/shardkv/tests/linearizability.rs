@@ -92,7 +92,19 @@ async fn histories_under_migration_crashes_and_partitions_are_linearizable() {
     let ids: Vec<u64> = (1..=3).map(|i| 200 + i).collect();
     c.net.isolate(200 + l2, &ids);
     let n = c.leave(&[1]).await;
-    tokio::time::sleep(Duration::from_millis(1500)).await; // let the partition bite under load
+    // Let the partition bite under load: the majority elects another leader.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !c
+        .running(2)
+        .into_iter()
+        .any(|id| id != l2 && c.status(2, id).is_leader())
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "group 2's majority elected no leader"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     c.net.heal();
     c.wait_settled(&[1, 2, 3], n).await;
 
