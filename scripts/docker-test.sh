@@ -129,8 +129,11 @@ if [ "$PROBE" = yes ]; then
   wait_until "the join service to run again" join_reran || die "join did not run again on the second up"
   code=$(docker inspect -f '{{.State.ExitCode}}' "$join_cid")
   [ "$code" = 0 ] || die "join failed on the second up (exit $code): $(docker logs "$join_cid" 2>&1 | tail -n 3)"
-  docker logs "$join_cid" 2>&1 | grep -q "already joined with these servers" ||
-    die "the second join did not report the groups as already joined"
+  # Read the logs whole first: under pipefail, `docker logs | grep -q` fails when grep stops
+  # reading at its match and docker logs gets SIGPIPE on its next write.
+  join_logs=$(docker logs "$join_cid" 2>&1)
+  grep -q "already joined with these servers" <<<"$join_logs" ||
+    die "the second join did not report the groups as already joined: $(tail -n 5 <<<"$join_logs")"
   log "a second \`up\` re-ran join successfully: groups already joined, nothing changed"
 fi
 phase_done up
@@ -258,8 +261,9 @@ log "group 1 leader is $leader: docker stop (SIGTERM) $victim"
 t0=$(date +%s)
 docker stop -t 30 "$victim_cid" >/dev/null
 log "$victim stopped after $(($(date +%s) - t0)) s"
-docker logs "$victim_cid" 2>&1 | grep -q "leadership handed over" ||
-  die "$victim exited without handing leadership over: $(docker logs "$victim_cid" 2>&1 | tail -n 5)"
+victim_logs=$(docker logs "$victim_cid" 2>&1)
+grep -q "leadership handed over" <<<"$victim_logs" ||
+  die "$victim exited without handing leadership over: $(tail -n 5 <<<"$victim_logs")"
 [ "$(docker inspect -f '{{.State.ExitCode}}' "$victim_cid")" = 0 ] || die "$victim did not exit 0 on SIGTERM"
 wait_acks $((at_stop + 30)) 60 "after stopping $victim"
 new=$(await_leader "group 1" g1_leader "$leader")

@@ -157,7 +157,7 @@ wait_bounded "$pid" 3
 [ "$rc" = 0 ] || fail "join-groups.sh did not stop on SIGTERM (exit $rc)"
 joins=$(grep " join " "$STATE/ctl" || true)
 [ "$(echo "$joins" | grep -c .)" = 1 ] &&
-  echo "$joins" | grep -q "join 2=qkv-group-2-0.qkv-group-2.ns.svc.cluster.local:7000,qkv-group-2-1.*,qkv-group-2-2.*:7000$" ||
+  grep -q "join 2=qkv-group-2-0.qkv-group-2.ns.svc.cluster.local:7000,qkv-group-2-1.*,qkv-group-2-2.*:7000$" <<<"$joins" ||
   fail "join-groups.sh joined: '$joins' (want group 2 alone): $(cat "$WORK/out")"
 grep -q "group 3: declared, waiting for one of its members to be ready" "$WORK/out" &&
   grep -q "group 4: retiring but still in the configuration" "$WORK/out" || fail "join-groups.sh said: $(cat "$WORK/out")"
