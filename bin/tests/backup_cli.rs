@@ -19,21 +19,11 @@ use quorumkv_common::TlsFiles;
 use quorumkv_proto::shardkv as pb;
 use quorumkv_shardkv_client::{GroupCaller, KvClient};
 use support::{
-    ok, one_line_error, three_member_groups, wait_for, ProcCluster, CTRL_CLIENT, KV_CLIENT,
+    json, ok, one_line_error, three_member_groups, wait_for, ProcCluster, CTRL_CLIENT, KV_CLIENT,
 };
 
 const SHARDS: usize = 8;
 const WAIT: Duration = Duration::from_secs(30);
-
-fn json(out: &std::process::Output) -> serde_json::Value {
-    serde_json::from_str(&String::from_utf8_lossy(&out.stdout)).unwrap_or_else(|e| {
-        panic!(
-            "not JSON ({e}): {}\nstderr: {}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        )
-    })
-}
 
 /// Starts the controller and `gids` (three members each) and joins the groups; waits until
 /// every shard is served.
@@ -52,17 +42,7 @@ fn cluster(gids: &[u64], shards: usize) -> ProcCluster {
     let mut args = vec!["--timeout", "30", "join"];
     args.extend(groups.iter().map(String::as_str));
     ok(&c.run(CTRL_CLIENT, &args));
-    wait_for("every shard served", WAIT, || {
-        let out = c.run(KV_CLIENT, &["--timeout", "5", "--json", "status"]);
-        let status: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
-        let serving = status["groups"]
-            .as_array()?
-            .iter()
-            .flat_map(|g| g["shards"].as_array().cloned().unwrap_or_default())
-            .filter(|s| s["state"] == "serving")
-            .count();
-        (serving == shards).then_some(())
-    });
+    c.wait_every_shard_serving(shards, WAIT);
     c
 }
 

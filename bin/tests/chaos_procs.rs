@@ -167,15 +167,5 @@ fn real_processes_under_kills_pauses_and_moves_stay_linearizable() {
     assert!(applied.len() >= 5, "only {} faults applied", applied.len());
 
     // No shard left migrating.
-    wait_for("every shard serving", WAIT, || {
-        let out = c.run(KV_CLIENT, &["--timeout", "5", "--json", "status"]);
-        let status: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
-        let serving = status["groups"]
-            .as_array()?
-            .iter()
-            .flat_map(|g| g["shards"].as_array().cloned().unwrap_or_default())
-            .filter(|s| s["state"] == "serving")
-            .count();
-        (serving == SHARDS).then_some(())
-    });
+    c.wait_every_shard_serving(SHARDS, WAIT);
 }

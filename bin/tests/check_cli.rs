@@ -8,21 +8,11 @@ mod support;
 use std::time::{Duration, Instant};
 
 use support::{
-    ok, one_line_error, three_member_groups, wait_for, ProcCluster, CTRL_CLIENT, KV_CLIENT,
+    json, ok, one_line_error, three_member_groups, wait_for, ProcCluster, CTRL_CLIENT, KV_CLIENT,
 };
 
 const SHARDS: usize = 16;
 const WAIT: Duration = Duration::from_secs(20);
-
-fn json(out: &std::process::Output) -> serde_json::Value {
-    serde_json::from_str(&String::from_utf8_lossy(&out.stdout)).unwrap_or_else(|e| {
-        panic!(
-            "not JSON ({e}): {}\nstderr: {}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        )
-    })
-}
 
 #[test]
 fn check_passes_a_healthy_group_and_catches_stale_reads() {

@@ -166,6 +166,18 @@ pub fn wait_for<T>(what: &str, within: Duration, mut f: impl FnMut() -> Option<T
     }
 }
 
+/// The JSON a client printed on stdout, whatever its exit status (a refusal or a failed check
+/// prints JSON too); panics with both streams when it is not JSON.
+pub fn json(out: &Output) -> serde_json::Value {
+    serde_json::from_str(&String::from_utf8_lossy(&out.stdout)).unwrap_or_else(|e| {
+        panic!(
+            "not JSON ({e}): {}\nstderr: {}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
+}
+
 /// A node of a process cluster: (group id, member id); the controller is group 0.
 pub type NodeId = (u64, u64);
 
@@ -344,6 +356,22 @@ impl ProcCluster {
         // SAFETY: kill(2) on a child this cluster started and has not reaped.
         let rc = unsafe { libc::kill(pid as libc::pid_t, signal) };
         assert_eq!(rc, 0, "kill({pid}, {signal}) failed");
+    }
+
+    /// Waits (up to `within`) until `shardkv-client status` shows `shards` shards serving,
+    /// i.e. every shard of the cluster served and none migrating.
+    pub fn wait_every_shard_serving(&self, shards: usize, within: Duration) {
+        wait_for("every shard serving", within, || {
+            let out = self.run(KV_CLIENT, &["--timeout", "5", "--json", "status"]);
+            let status: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+            let serving = status["groups"]
+                .as_array()?
+                .iter()
+                .flat_map(|g| g["shards"].as_array().cloned().unwrap_or_default())
+                .filter(|s| s["state"] == "serving")
+                .count();
+            (serving == shards).then_some(())
+        });
     }
 
     /// Runs a client binary against the controller, with the cluster's admin certificate (as

@@ -34,7 +34,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use quorumkv_shardkv_client::KvError;
 use quorumkv_testkit::linearizability::{History, KvOp, Operation, DEFAULT_STEPS_PER_KEY};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -330,37 +329,13 @@ async fn client_loop(
         }
         let key = format!("chaos-{}", rng.gen_range(0..keys())).into_bytes();
         let token = format!("<{client}.{i}>").into_bytes();
-        let call = history.now();
-        let (op, result) = match rng.gen_range(0..10) {
-            0..=3 => (KvOp::Get, kv.get(&key).await.map(|v| v.map(|b| b.to_vec()))),
-            4..=5 => (
-                KvOp::Put(token.clone()),
-                kv.put(&key, &token).await.map(|_| None),
-            ),
-            6..=8 => (
-                KvOp::Append(token.clone()),
-                kv.append(&key, &token).await.map(|_| None),
-            ),
-            _ => (KvOp::Delete, kv.delete(&key).await.map(|_| None)),
+        let op = match rng.gen_range(0..10) {
+            0..=3 => KvOp::Get,
+            4..=5 => KvOp::Put(token),
+            6..=8 => KvOp::Append(token),
+            _ => KvOp::Delete,
         };
-        match result {
-            Ok(output) => history.record(Operation::completed(
-                client,
-                key,
-                op,
-                output,
-                call,
-                history.now(),
-            )),
-            // Outcome unknown: the write may or may not have happened, at any time after the
-            // call. A timed-out read tells nothing.
-            Err(KvError::Timeout { .. }) => {
-                if op != KvOp::Get {
-                    history.record(Operation::timed_out(client, key, op, call));
-                }
-            }
-            Err(e) => panic!("client {client}: unexpected error {e}"),
-        }
+        support::run_and_record(&mut kv, &history, client, key, op).await;
     }
 }
 

@@ -7,8 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use quorumkv_shardkv_client::KvError;
-use quorumkv_testkit::linearizability::{History, KvOp, Operation, DEFAULT_STEPS_PER_KEY};
+use quorumkv_testkit::linearizability::{History, KvOp, DEFAULT_STEPS_PER_KEY};
 use rand::{Rng, SeedableRng};
 use support::{Cluster, Opts};
 
@@ -44,35 +43,12 @@ async fn histories_under_migration_crashes_and_partitions_are_linearizable() {
                 }
                 let key = format!("lin-{}", rng.gen_range(0..KEYS)).into_bytes();
                 let token = format!("<{client}.{i}>").into_bytes();
-                let call = history.now();
-                let (op, result) = match rng.gen_range(0..10) {
-                    0..=3 => (KvOp::Get, kv.get(&key).await.map(|v| v.map(|b| b.to_vec()))),
-                    4..=5 => (
-                        KvOp::Put(token.clone()),
-                        kv.put(&key, &token).await.map(|_| None),
-                    ),
-                    _ => (
-                        KvOp::Append(token.clone()),
-                        kv.append(&key, &token).await.map(|_| None),
-                    ),
+                let op = match rng.gen_range(0..10) {
+                    0..=3 => KvOp::Get,
+                    4..=5 => KvOp::Put(token),
+                    _ => KvOp::Append(token),
                 };
-                match result {
-                    Ok(output) => history.record(Operation::completed(
-                        client,
-                        key,
-                        op,
-                        output,
-                        call,
-                        history.now(),
-                    )),
-                    // Outcome unknown: a write may or may not have happened.
-                    Err(KvError::Timeout { .. }) => {
-                        if op != KvOp::Get {
-                            history.record(Operation::timed_out(client, key, op, call));
-                        }
-                    }
-                    Err(e) => panic!("client {client}: unexpected error {e}"),
-                }
+                support::run_and_record(&mut kv, &history, client, key, op).await;
             }
         }));
     }

@@ -12,8 +12,9 @@ use quorumkv_raft_core::{Bootstrap, NodeConfig, Status, Transport};
 use quorumkv_shardctrler::{CtrlerMember, MemberOptions};
 use quorumkv_shardctrler_client::CtrlerClient;
 use quorumkv_shardkv::{KvMember, KvMemberOptions, ShardKvState};
-use quorumkv_shardkv_client::KvClient;
+use quorumkv_shardkv_client::{KvClient, KvError};
 use quorumkv_testkit::certs::TestPki;
+use quorumkv_testkit::linearizability::{History, KvOp, Operation};
 use quorumkv_testkit::net::FaultyTransport;
 use quorumkv_testkit::ports;
 use quorumkv_testkit::FaultNet;
@@ -411,5 +412,41 @@ impl Cluster {
         for m in std::mem::take(&mut self.ctrl) {
             m.shutdown().await;
         }
+    }
+}
+
+/// Runs `op` on `key` through `kv` and records it in `history` with its outcome: completed
+/// (with what a get saw), or, for a write that timed out, of unknown outcome (it may have
+/// happened at any time after the call; a timed-out read tells nothing and is left out). Any
+/// other error fails the test: these clients only ever meet faults a retry resolves.
+pub async fn run_and_record(
+    kv: &mut KvClient,
+    history: &History,
+    client: u64,
+    key: Vec<u8>,
+    op: KvOp,
+) {
+    let call = history.now();
+    let result = match &op {
+        KvOp::Get => kv.get(&key).await.map(|v| v.map(|b| b.to_vec())),
+        KvOp::Put(v) => kv.put(&key, v).await.map(|_| None),
+        KvOp::Append(v) => kv.append(&key, v).await.map(|_| None),
+        KvOp::Delete => kv.delete(&key).await.map(|_| None),
+    };
+    match result {
+        Ok(output) => history.record(Operation::completed(
+            client,
+            key,
+            op,
+            output,
+            call,
+            history.now(),
+        )),
+        Err(KvError::Timeout { .. }) => {
+            if op != KvOp::Get {
+                history.record(Operation::timed_out(client, key, op, call));
+            }
+        }
+        Err(e) => panic!("client {client}: unexpected error {e}"),
     }
 }
