@@ -685,16 +685,22 @@ impl<S: StateMachine> Driver<S> {
         {
             return;
         }
-        let best = cs
-            .voters
-            .iter()
-            .filter_map(|id| self.raw.raft.prs().get(*id).map(|p| (*id, p.matched)))
-            .max_by_key(|(id, matched)| (*matched, std::cmp::Reverse(*id)))
-            .map(|(id, _)| id);
+        let best = self.most_caught_up_voter();
         if let Some(to) = best {
             tracing::info!(to, "no longer a voter: handing leadership over");
             self.raw.transfer_leader(to);
         }
+    }
+
+    /// The voter of the current configuration with the highest matched index on this leader
+    /// (the lowest id among equals): the one to hand leadership to.
+    fn most_caught_up_voter(&self) -> Option<u64> {
+        self.conf_state
+            .voters
+            .iter()
+            .filter_map(|id| self.raw.raft.prs().get(*id).map(|p| (*id, p.matched)))
+            .max_by_key(|(id, matched)| (*matched, std::cmp::Reverse(*id)))
+            .map(|(id, _)| id)
     }
 
     fn on_ready(&mut self) -> Result<()> {
@@ -949,13 +955,7 @@ impl<S: StateMachine> Driver<S> {
     /// their election timeout). Its uncommitted entries are the new leader's to commit or
     /// overwrite; their waiters learn the outcome when the index is applied.
     fn step_down_removed(&mut self) {
-        let best = self
-            .conf_state
-            .voters
-            .iter()
-            .filter_map(|id| self.raw.raft.prs().get(*id).map(|p| (*id, p.matched)))
-            .max_by_key(|(id, matched)| (*matched, std::cmp::Reverse(*id)))
-            .map(|(id, _)| id);
+        let best = self.most_caught_up_voter();
         tracing::info!(to = ?best, "removed from the group while leading: stepping down");
         let term = self.raw.raft.term;
         self.raw.raft.become_follower(term, raft::INVALID_ID);
