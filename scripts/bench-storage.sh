@@ -107,8 +107,13 @@ du_mib() { du -sm "$work/$1" | cut -f1; }
 space_1=$(du_mib g1-1) space_2=$(du_mib g1-2)
 
 # 3. Member 3 back: it needs a snapshot of everything.
-term_before=$(status_json | python3 -c "import json,sys; print([g for g in json.load(sys.stdin)['groups'] if g['gid']==1][0]['term'])")
-leader=$(status_json | python3 -c "import json,sys; print([g for g in json.load(sys.stdin)['groups'] if g['gid']==1][0]['leader_id'])")
+group1() { # prints FIELD... of group 1 from one status call
+  status_json | python3 -c "
+import json, sys
+g = [g for g in json.load(sys.stdin)['groups'] if g['gid'] == 1][0]
+print(*(g[f] for f in sys.argv[1:]))" "$@"
+}
+read -r term_before leader < <(group1 term leader_id)
 t0=$(now_ms)
 start 1 3
 caught_up() {
@@ -124,7 +129,7 @@ until caught_up; do
   sleep 0.2
 done
 snap_ms=$(( $(now_ms) - t0 ))
-term_after=$(status_json | python3 -c "import json,sys; print([g for g in json.load(sys.stdin)['groups'] if g['gid']==1][0]['term'])")
+term_after=$(group1 term)
 hwm_leader=$(hwm_mib "g1-$leader") hwm_3=$(hwm_mib g1-3)
 space_3=$(du_mib g1-3)
 
