@@ -251,61 +251,66 @@ impl Requests {
     /// A snapshot up to `index` was installed: what waited at an index it covers will never
     /// be applied here one by one, and whether it is in the snapshot cannot be known.
     pub fn covered_by_snapshot(&mut self, index: u64) {
-        let covered: Vec<u64> = self.proposals.range(..=index).map(|(i, _)| *i).collect();
-        for i in covered {
-            let p = self.proposals.remove(&i).unwrap();
-            self.complete(
-                p.waiter,
-                Err(RaftError::OutcomeUnknown(format!(
+        self.outcome_unknown(
+            ..=index,
+            |i| {
+                format!(
                     "a snapshot up to index {index} replaced the log position {i} of this \
                      proposal; retry with the same request id"
-                ))),
-            );
-        }
-        let covered: Vec<u64> = self.conf_changes.range(..=index).map(|(i, _)| *i).collect();
-        for i in covered {
-            let p = self.conf_changes.remove(&i).unwrap();
-            self.complete(
-                p.waiter,
-                Err(RaftError::OutcomeUnknown(format!(
+                )
+            },
+            |i| {
+                format!(
                     "a snapshot up to index {index} replaced this membership change's log \
                      position {i}; list the members and repeat the change if needed"
-                ))),
-            );
-        }
+                )
+            },
+        );
     }
 
     /// This member left the group while leading: proposals and changes after `committed`
     /// will not be applied here (it hears no more of the log), though the next leader may
     /// still commit them. Their outcome is unknown now, not at their deadline.
     pub fn orphaned_after(&mut self, committed: u64) {
-        let orphaned: Vec<u64> = self
+        self.outcome_unknown(
+            committed + 1..,
+            |i| {
+                format!(
+                    "this member was removed from the group while log position {i} of this \
+                     proposal was uncommitted; the new leader may still commit it: retry \
+                     with the same request id"
+                )
+            },
+            |i| {
+                format!(
+                    "this member was removed from the group before the membership change at \
+                     log position {i} committed; list the members and repeat it if needed"
+                )
+            },
+        );
+    }
+
+    /// Answers `OutcomeUnknown` to the proposals and membership changes waiting at `indexes`,
+    /// each with the message made for its log position.
+    fn outcome_unknown(
+        &mut self,
+        indexes: impl std::ops::RangeBounds<u64> + Clone,
+        proposal: impl Fn(u64) -> String,
+        change: impl Fn(u64) -> String,
+    ) {
+        let waiting: Vec<u64> = self
             .proposals
-            .range(committed + 1..)
+            .range(indexes.clone())
             .map(|(i, _)| *i)
             .collect();
-        for i in orphaned {
+        for i in waiting {
             let p = self.proposals.remove(&i).unwrap();
-            self.complete(
-                p.waiter,
-                Err(RaftError::OutcomeUnknown(format!(
-                    "this member was removed from the group while log position {i} of this                      proposal was uncommitted; the new leader may still commit it: retry                      with the same request id"
-                ))),
-            );
+            self.complete(p.waiter, Err(RaftError::OutcomeUnknown(proposal(i))));
         }
-        let orphaned: Vec<u64> = self
-            .conf_changes
-            .range(committed + 1..)
-            .map(|(i, _)| *i)
-            .collect();
-        for i in orphaned {
+        let waiting: Vec<u64> = self.conf_changes.range(indexes).map(|(i, _)| *i).collect();
+        for i in waiting {
             let p = self.conf_changes.remove(&i).unwrap();
-            self.complete(
-                p.waiter,
-                Err(RaftError::OutcomeUnknown(format!(
-                    "this member was removed from the group before the membership change at                      log position {i} committed; list the members and repeat it if needed"
-                ))),
-            );
+            self.complete(p.waiter, Err(RaftError::OutcomeUnknown(change(i))));
         }
     }
 
